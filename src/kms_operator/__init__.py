@@ -1,0 +1,1 @@
+"""kms-operator: a Key Management Service that lives inside a Kubernetes cluster."""
