@@ -1,0 +1,48 @@
+"""The ``KeyStore`` interface every backend implements.
+
+The lifecycle service (``kms_operator.keys``) decides; the store only keeps what it is told,
+each call in one atomic transaction: after a crash at any point the store holds either the
+state before the call or the state after it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Collection, Mapping
+from pathlib import Path
+from typing import Protocol
+
+from .records import ImportParameters, KeyRecord
+
+
+class KeyStore(Protocol):
+    def list_keys(self) -> list[KeyRecord]:
+        """Every key, destroyed ones included (their tombstones hold no material)."""
+
+    def get(self, key_id: uuid.UUID) -> KeyRecord | None: ...
+
+    def create(self, record: KeyRecord, materials: Mapping[int, bytes]) -> None:
+        """Insert a new key with the material of its versions (EXTERNAL keys: none)."""
+
+    def update(
+        self,
+        record: KeyRecord,
+        *,
+        add_material: Mapping[int, bytes] | None = None,
+        drop_material: Collection[int] = (),
+    ) -> None:
+        """Replace the key's record, aliases and versions; add and drop material, atomically."""
+
+    def destroy(self, record: KeyRecord) -> None:
+        """Crypto-shred: remove every version's material and fingerprint, keep a tombstone."""
+
+    def load_material(self, key_id: uuid.UUID, version: int) -> bytes | None: ...
+
+    def save_import_parameters(self, params: ImportParameters, private_key_pem: bytes) -> None: ...
+
+    def load_import_parameters(self, token: str) -> tuple[ImportParameters, bytes] | None: ...
+
+    def backup(self, destination: Path) -> None:
+        """A consistent copy of the store, material still wrapped under the root key."""
+
+    def close(self) -> None: ...

@@ -1,0 +1,495 @@
+"""The embedded store: one SQLite file (WAL, ``synchronous=FULL``, ``secure_delete``).
+
+Every version's material is kept wrapped under the root key in its own table, so destroying a
+key deletes rows (overwritten with zeros by ``secure_delete``) and then truncates the WAL, and
+no copy of the wrapped material stays in the file or its journal. Each public method is one
+``BEGIN IMMEDIATE`` transaction; :data:`fault_hook` lets crash tests kill the process between
+statements to prove it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import threading
+import uuid
+from collections.abc import Callable, Collection, Iterator, Mapping
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from kms_operator.errors import AliasConflict, StoreError
+
+from .records import (
+    ImportParameters,
+    KeyRecord,
+    KeySpec,
+    KeyUsage,
+    Origin,
+    VersionRecord,
+    VersionState,
+)
+from .rootkey import RootKey
+
+#: Called with a point name inside transactions. Only crash-safety tests set it.
+fault_hook: Callable[[str], None] | None = None
+
+_CHECK_LABEL = "root-key-check"
+_CHECK_VALUE = b"kms-operator root key check"
+
+# Each entry migrates the schema from version i to i + 1; append, never edit.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);
+    CREATE TABLE keys (
+        key_id TEXT PRIMARY KEY,
+        namespace TEXT NOT NULL,
+        name TEXT NOT NULL,
+        origin TEXT NOT NULL,
+        key_spec TEXT NOT NULL,
+        key_usage TEXT NOT NULL,
+        description TEXT NOT NULL,
+        enabled INTEGER NOT NULL,
+        rotation_period_days INTEGER,
+        last_rotated_at TEXT,
+        next_rotation_at TEXT,
+        deletion_requested_at TEXT,
+        deletion_date TEXT,
+        destroyed_at TEXT,
+        default_service TEXT,
+        created_at TEXT NOT NULL,
+        state TEXT NOT NULL
+    );
+    CREATE UNIQUE INDEX keys_binding ON keys (namespace, name) WHERE destroyed_at IS NULL;
+    CREATE TABLE versions (
+        key_id TEXT NOT NULL REFERENCES keys (key_id),
+        version INTEGER NOT NULL,
+        created_at TEXT NOT NULL,
+        state TEXT NOT NULL,
+        fingerprint BLOB,
+        imported_at TEXT,
+        expires_at TEXT,
+        PRIMARY KEY (key_id, version)
+    );
+    CREATE TABLE material (
+        key_id TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        wrapped BLOB NOT NULL,
+        PRIMARY KEY (key_id, version),
+        FOREIGN KEY (key_id, version) REFERENCES versions (key_id, version)
+    );
+    CREATE TABLE aliases (
+        namespace TEXT NOT NULL,
+        alias TEXT NOT NULL,
+        key_id TEXT NOT NULL REFERENCES keys (key_id),
+        PRIMARY KEY (namespace, alias)
+    );
+    CREATE TABLE import_parameters (
+        token TEXT PRIMARY KEY,
+        key_id TEXT NOT NULL REFERENCES keys (key_id),
+        wrapping_algorithm TEXT NOT NULL,
+        wrapping_key_spec TEXT NOT NULL,
+        public_key_pem TEXT NOT NULL,
+        wrapped_private_key BLOB NOT NULL,
+        expires_at TEXT NOT NULL
+    );
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def _fault(point: str) -> None:
+    if fault_hook is not None:
+        fault_hook(point)
+
+
+def _ts(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def _dt(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
+
+
+class SqliteKeyStore:
+    """A :class:`~kms_operator.store.base.KeyStore` on one SQLite file."""
+
+    def __init__(self, path: Path, root_key: RootKey) -> None:
+        self.path = path
+        self._root_key = root_key
+        self._lock = threading.RLock()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._conn = sqlite3.connect(
+                path, isolation_level=None, check_same_thread=False, timeout=30
+            )
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=FULL")
+            self._conn.execute("PRAGMA secure_delete=ON")
+            self._conn.execute("PRAGMA foreign_keys=ON")
+            self._migrate()
+            self._check_root_key()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"cannot open the key store {path}: {exc}") from None
+
+    def __repr__(self) -> str:
+        return f"SqliteKeyStore({str(self.path)!r})"
+
+    # -- schema --------------------------------------------------------------------------
+
+    def _migrate(self) -> None:
+        (current,) = self._conn.execute("PRAGMA user_version").fetchone()
+        if current > SCHEMA_VERSION:
+            raise StoreError(
+                f"the store {self.path} has schema version {current}, newer than this "
+                f"kms-operator understands ({SCHEMA_VERSION}); upgrade kms-operator"
+            )
+        for number in range(current, SCHEMA_VERSION):
+            with self._transaction() as conn:
+                for statement in MIGRATIONS[number].split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version={number + 1}")
+
+    def _check_root_key(self) -> None:
+        row = self._conn.execute(
+            "SELECT value FROM meta WHERE name = ?", (_CHECK_LABEL,)
+        ).fetchone()
+        if row is None:
+            with self._transaction() as conn:
+                conn.execute(
+                    "INSERT INTO meta (name, value) VALUES (?, ?)",
+                    (_CHECK_LABEL, self._root_key.wrap_secret(_CHECK_LABEL, _CHECK_VALUE)),
+                )
+            return
+        try:
+            self._root_key.unwrap_secret(_CHECK_LABEL, row[0])
+        except StoreError:
+            raise StoreError(
+                f"the root key does not match the store {self.path}: it was created with "
+                "another root key (restore the original root key Secret)"
+            ) from None
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def list_keys(self) -> list[KeyRecord]:
+        with self._lock:
+            rows = self._conn.execute(_SELECT_KEY + " ORDER BY created_at, key_id").fetchall()
+            return [self._record(row) for row in rows]
+
+    def get(self, key_id: uuid.UUID) -> KeyRecord | None:
+        with self._lock:
+            row = self._conn.execute(_SELECT_KEY + " WHERE key_id = ?", (str(key_id),)).fetchone()
+            return None if row is None else self._record(row)
+
+    def _record(self, row: Any) -> KeyRecord:
+        key_id = str(row[0])
+        versions = tuple(
+            VersionRecord(
+                version=v[0],
+                created_at=datetime.fromisoformat(v[1]),
+                state=VersionState(v[2]),
+                fingerprint=v[3],
+                imported_at=_dt(v[4]),
+                expires_at=_dt(v[5]),
+            )
+            for v in self._conn.execute(
+                "SELECT version, created_at, state, fingerprint, imported_at, expires_at "
+                "FROM versions WHERE key_id = ? ORDER BY version",
+                (key_id,),
+            )
+        )
+        aliases = tuple(
+            a
+            for (a,) in self._conn.execute(
+                "SELECT alias FROM aliases WHERE key_id = ? ORDER BY alias", (key_id,)
+            )
+        )
+        return KeyRecord(
+            key_id=uuid.UUID(key_id),
+            namespace=str(row[1]),
+            name=str(row[2]),
+            origin=Origin(row[3]),
+            key_spec=KeySpec(row[4]),
+            key_usage=KeyUsage(row[5]),
+            description=str(row[6]),
+            enabled=bool(row[7]),
+            rotation_period_days=row[8],
+            last_rotated_at=_dt(row[9]),
+            next_rotation_at=_dt(row[10]),
+            deletion_requested_at=_dt(row[11]),
+            deletion_date=_dt(row[12]),
+            destroyed_at=_dt(row[13]),
+            default_service=row[14],
+            created_at=datetime.fromisoformat(str(row[15])),
+            versions=versions,
+            aliases=aliases,
+        )
+
+    def load_material(self, key_id: uuid.UUID, version: int) -> bytes | None:
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT wrapped FROM material WHERE key_id = ? AND version = ?",
+                (str(key_id), version),
+            ).fetchone()
+        if row is None:
+            return None
+        return self._root_key.unwrap_material(key_id, version, row[0])
+
+    def load_import_parameters(self, token: str) -> tuple[ImportParameters, bytes] | None:
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT key_id, wrapping_algorithm, wrapping_key_spec, public_key_pem, "
+                "wrapped_private_key, expires_at FROM import_parameters WHERE token = ?",
+                (token,),
+            ).fetchone()
+        if row is None:
+            return None
+        params = ImportParameters(
+            token=token,
+            key_id=uuid.UUID(row[0]),
+            wrapping_algorithm=row[1],
+            wrapping_key_spec=row[2],
+            public_key_pem=row[3],
+            expires_at=datetime.fromisoformat(row[5]),
+        )
+        return params, self._root_key.unwrap_secret(f"import/{token}", row[4])
+
+    # -- writes --------------------------------------------------------------------------
+
+    def create(self, record: KeyRecord, materials: Mapping[int, bytes]) -> None:
+        try:
+            with self._transaction() as conn:
+                conn.execute(
+                    _INSERT_KEY,
+                    _key_row(record),
+                )
+                _fault("create:key-row")
+                self._write_versions(conn, record)
+                _fault("create:versions")
+                self._write_material(conn, record.key_id, materials)
+                _fault("create:material")
+                self._write_aliases(conn, record)
+        except sqlite3.IntegrityError as exc:
+            raise _integrity_error(record, exc) from None
+
+    def update(
+        self,
+        record: KeyRecord,
+        *,
+        add_material: Mapping[int, bytes] | None = None,
+        drop_material: Collection[int] = (),
+    ) -> None:
+        try:
+            with self._transaction() as conn:
+                conn.execute(
+                    _UPDATE_KEY,
+                    (*_key_row(record), str(record.key_id)),
+                )
+                _fault("update:key-row")
+                self._write_versions(conn, record)
+                _fault("update:versions")
+                for version in drop_material:
+                    conn.execute(
+                        "DELETE FROM material WHERE key_id = ? AND version = ?",
+                        (str(record.key_id), version),
+                    )
+                self._write_material(conn, record.key_id, add_material or {})
+                _fault("update:material")
+                self._write_aliases(conn, record)
+        except sqlite3.IntegrityError as exc:
+            raise _integrity_error(record, exc) from None
+        if drop_material:
+            self._checkpoint()
+
+    def destroy(self, record: KeyRecord) -> None:
+        key_id = str(record.key_id)
+        with self._transaction() as conn:
+            conn.execute("DELETE FROM material WHERE key_id = ?", (key_id,))
+            _fault("destroy:material")
+            conn.execute("DELETE FROM import_parameters WHERE key_id = ?", (key_id,))
+            conn.execute("DELETE FROM aliases WHERE key_id = ?", (key_id,))
+            conn.execute(
+                _UPDATE_KEY,
+                (*_key_row(record), key_id),
+            )
+            _fault("destroy:key-row")
+            self._write_versions(conn, record)
+        self._checkpoint()
+
+    def save_import_parameters(self, params: ImportParameters, private_key_pem: bytes) -> None:
+        with self._transaction() as conn:
+            # Parameters that expired are useless; drop them with each new set.
+            conn.execute(
+                "DELETE FROM import_parameters WHERE key_id = ? AND expires_at < ?",
+                (str(params.key_id), params.expires_at.isoformat()),
+            )
+            conn.execute(
+                "INSERT INTO import_parameters (token, key_id, wrapping_algorithm, "
+                "wrapping_key_spec, public_key_pem, wrapped_private_key, expires_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    params.token,
+                    str(params.key_id),
+                    params.wrapping_algorithm,
+                    params.wrapping_key_spec,
+                    params.public_key_pem,
+                    self._root_key.wrap_secret(f"import/{params.token}", private_key_pem),
+                    params.expires_at.isoformat(),
+                ),
+            )
+
+    def _write_versions(self, conn: sqlite3.Connection, record: KeyRecord) -> None:
+        conn.executemany(
+            "INSERT INTO versions (key_id, version, created_at, state, fingerprint, imported_at, "
+            "expires_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key_id, version) DO UPDATE "
+            "SET state = excluded.state, fingerprint = excluded.fingerprint, "
+            "imported_at = excluded.imported_at, expires_at = excluded.expires_at",
+            [
+                (
+                    str(record.key_id),
+                    v.version,
+                    v.created_at.isoformat(),
+                    v.state.value,
+                    v.fingerprint,
+                    _ts(v.imported_at),
+                    _ts(v.expires_at),
+                )
+                for v in record.versions
+            ],
+        )
+
+    def _write_material(
+        self, conn: sqlite3.Connection, key_id: uuid.UUID, materials: Mapping[int, bytes]
+    ) -> None:
+        conn.executemany(
+            "INSERT INTO material (key_id, version, wrapped) VALUES (?, ?, ?)",
+            [
+                (str(key_id), version, self._root_key.wrap_material(key_id, version, material))
+                for version, material in materials.items()
+            ],
+        )
+
+    def _write_aliases(self, conn: sqlite3.Connection, record: KeyRecord) -> None:
+        conn.execute("DELETE FROM aliases WHERE key_id = ?", (str(record.key_id),))
+        conn.executemany(
+            "INSERT INTO aliases (namespace, alias, key_id) VALUES (?, ?, ?)",
+            [(record.namespace, alias, str(record.key_id)) for alias in record.aliases],
+        )
+
+    def _checkpoint(self) -> None:
+        """Fold the WAL into the file and truncate it, so deleted material has no copy left."""
+        with self._lock:
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    # -- backup and restore --------------------------------------------------------------
+
+    def backup(self, destination: Path) -> None:
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        tmp = destination.with_name(destination.name + ".partial")
+        tmp.unlink(missing_ok=True)
+        with self._lock:
+            target = sqlite3.connect(tmp)
+            try:
+                self._conn.backup(target)
+                target.execute("PRAGMA journal_mode=DELETE")
+            finally:
+                target.close()
+        tmp.chmod(0o600)
+        tmp.replace(destination)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+def restore_store(backup: Path, store_path: Path, root_key: RootKey) -> None:
+    """Replace the store at ``store_path`` with ``backup``; the operator must be stopped.
+
+    The backup is opened first with the given root key, so a backup of another store (or the
+    wrong root key) is refused before anything is overwritten.
+    """
+    if not backup.is_file():
+        raise StoreError(f"backup {backup} does not exist")
+    staging = store_path.with_name(store_path.name + ".restoring")
+    for path in (staging, Path(f"{staging}-wal"), Path(f"{staging}-shm")):
+        path.unlink(missing_ok=True)
+    shutil.copyfile(backup, staging)
+    SqliteKeyStore(staging, root_key).close()  # validates schema and root key
+    for suffix in ("-wal", "-shm"):
+        Path(f"{store_path}{suffix}").unlink(missing_ok=True)
+    staging.chmod(0o600)
+    staging.replace(store_path)
+
+
+_KEY_COLUMN_NAMES = (
+    "key_id",
+    "namespace",
+    "name",
+    "origin",
+    "key_spec",
+    "key_usage",
+    "description",
+    "enabled",
+    "rotation_period_days",
+    "last_rotated_at",
+    "next_rotation_at",
+    "deletion_requested_at",
+    "deletion_date",
+    "destroyed_at",
+    "default_service",
+    "created_at",
+    "state",
+)
+_KEY_COLUMNS = ", ".join(_KEY_COLUMN_NAMES)
+_KEY_PLACEHOLDERS = ", ".join("?" for _ in _KEY_COLUMN_NAMES)
+# Built from the fixed column names above, never from input.
+_SELECT_KEY = f"SELECT {_KEY_COLUMNS} FROM keys"  # noqa: S608
+_INSERT_KEY = f"INSERT INTO keys ({_KEY_COLUMNS}) VALUES ({_KEY_PLACEHOLDERS})"  # noqa: S608
+_UPDATE_KEY = f"UPDATE keys SET ({_KEY_COLUMNS}) = ({_KEY_PLACEHOLDERS}) WHERE key_id = ?"  # noqa: S608
+
+
+def _key_row(record: KeyRecord) -> tuple[object, ...]:
+    return (
+        str(record.key_id),
+        record.namespace,
+        record.name,
+        record.origin.value,
+        record.key_spec.value,
+        record.key_usage.value,
+        record.description,
+        int(record.enabled),
+        record.rotation_period_days,
+        _ts(record.last_rotated_at),
+        _ts(record.next_rotation_at),
+        _ts(record.deletion_requested_at),
+        _ts(record.deletion_date),
+        _ts(record.destroyed_at),
+        record.default_service,
+        record.created_at.isoformat(),
+        record.state.value,
+    )
+
+
+def _integrity_error(record: KeyRecord, exc: sqlite3.IntegrityError) -> Exception:
+    text = str(exc)
+    if "aliases" in text:
+        return AliasConflict(
+            f"an alias of key {record.namespace}/{record.name} is already used by another key "
+            "in the namespace"
+        )
+    if "keys.namespace" in text or "keys_binding" in text:
+        return AliasConflict(f"a key named {record.namespace}/{record.name} already exists")
+    return StoreError(f"the store refused a write for key {record.key_id}: {text}")
