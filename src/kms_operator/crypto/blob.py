@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from kms_operator.errors import InvalidCiphertext
+from kms_operator.errors import InvalidCiphertext, InvalidRequest
 
 from . import primitives
 
@@ -38,9 +38,14 @@ def canonical_context(context: EncryptionContext | None) -> bytes:
     """UTF-8 JSON with sorted keys and no spaces; an empty or absent context is ``b""``."""
     if not context:
         return b""
-    return json.dumps(
-        dict(context), sort_keys=True, separators=(",", ":"), ensure_ascii=False
-    ).encode("utf-8")
+    text = json.dumps(dict(context), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate (JSON "\ud800") has no UTF-8 form: a bad request, not a crash.
+        raise InvalidRequest(
+            "the encryption context must be valid Unicode text", field="encryptionContext"
+        ) from None
 
 
 @dataclass(frozen=True, slots=True)
