@@ -270,13 +270,20 @@ class KeyService:
             key_id = self._by_alias.get((namespace, alias))
             if key_id is not None:
                 return self._keys[key_id]
-            return self.create_key(
+            record = self.create_key(
                 namespace,
                 name,
                 aliases=(alias,),
                 description=f"Default key for {service} in namespace {namespace}",
                 default_service=service,
             )
+            if record.default_service != service:
+                # create_key is idempotent per name: it returned someone else's key.
+                raise AliasConflict(
+                    f"a key named {namespace}/{name} ({record.key_id}) already exists and is "
+                    f"not the default key for {service}"
+                )
+            return record
 
     def set_enabled(self, key_id: uuid.UUID, enabled: bool) -> KeyRecord:
         with self._lock:

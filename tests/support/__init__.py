@@ -1,0 +1,1 @@
+"""Helpers shared by every test tier (unit, integration, e2e); no fixtures, no pytest hooks."""
