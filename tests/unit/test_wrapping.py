@@ -79,10 +79,8 @@ def test_round_trip(
     wrapped = wrapping.wrap_material(algorithm, public_pem, MATERIAL)
     assert MATERIAL not in wrapped
     assert wrapping.unwrap_material(algorithm, private_pem, wrapped) == MATERIAL
-    # Randomised: wrapping twice gives different bytes, both unwrap.
-    again = wrapping.wrap_material(algorithm, public_pem, MATERIAL)
-    assert again != wrapped
-    assert wrapping.unwrap_material(algorithm, private_pem, again) == MATERIAL
+    # Randomised: wrapping twice gives different bytes.
+    assert wrapping.wrap_material(algorithm, public_pem, MATERIAL) != wrapped
 
 
 @pytest.mark.parametrize("spec", SPECS)
@@ -222,7 +220,7 @@ def test_key_wrap_with_an_ephemeral_key_that_is_not_32_bytes(
 
 @given(algorithm=st.sampled_from(ALGORITHMS), data=st.data())
 @settings(
-    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 def test_any_bit_flip_is_refused(
     algorithm: WrappingAlgorithm,
