@@ -1,0 +1,108 @@
+"""The audit trail: one JSON line per API call, written before the answer leaves (fail-closed).
+
+A line says who called (user name), what (operation), on which key (namespace, name, id,
+version; the source key too for re-encrypt), the outcome (``allowed``, ``denied`` for
+authentication and authorization refusals, ``error`` for every other refusal) with its error
+code, and from where. It never holds plaintext, blobs, tokens or encryption-context values.
+
+If a line cannot be written the caller gets a 500 instead of the result
+(:mod:`.calls` does that); the sinks therefore raise instead of swallowing errors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Protocol
+
+
+@dataclass(slots=True)
+class AuditRecord:
+    operation: str
+    request_id: str
+    remote_address: str | None = None
+    caller: str | None = None
+    namespace: str | None = None
+    key_name: str | None = None
+    key_id: str | None = None
+    key_version: int | None = None
+    source_namespace: str | None = None
+    source_key_name: str | None = None
+    source_key_id: str | None = None
+    source_key_version: int | None = None
+    outcome: str = "error"
+    error_code: str | None = None
+
+    def to_json(self, now: datetime | None = None) -> str:
+        when = (now or datetime.now(UTC)).isoformat(timespec="milliseconds")
+        line: dict[str, object] = {
+            "time": when.replace("+00:00", "Z"),
+            "requestId": self.request_id,
+            "caller": self.caller,
+            "operation": self.operation,
+            "namespace": self.namespace,
+            "keyName": self.key_name,
+            "keyId": self.key_id,
+            "keyVersion": self.key_version,
+            "outcome": self.outcome,
+            "errorCode": self.error_code,
+            "remoteAddress": self.remote_address,
+        }
+        if self.source_key_id is not None or self.source_key_name is not None:
+            line["source"] = {
+                "namespace": self.source_namespace,
+                "keyName": self.source_key_name,
+                "keyId": self.source_key_id,
+                "keyVersion": self.source_key_version,
+            }
+        return json.dumps(line, separators=(",", ":"), ensure_ascii=False)
+
+
+class AuditSink(Protocol):
+    def write(self, record: AuditRecord) -> None:
+        """Write one line, flushed; raise if it cannot be written."""
+
+    def close(self) -> None: ...
+
+
+class FileAuditSink:
+    """Appends to a file (``O_APPEND``: each line is one ``write``, never interleaved)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd: int | None = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+
+    def write(self, record: AuditRecord) -> None:
+        if self._fd is None:
+            raise OSError("the audit log is closed")
+        data = (record.to_json() + "\n").encode("utf-8")
+        while data:
+            written = os.write(self._fd, data)
+            data = data[written:]
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+class StreamAuditSink:
+    """Writes to standard output (``audit_log = "-"``), flushed per line."""
+
+    def write(self, record: AuditRecord) -> None:
+        sys.stdout.write(record.to_json() + "\n")
+        sys.stdout.flush()
+
+    def close(self) -> None:
+        sys.stdout.flush()
+
+
+def open_sink(target: str) -> AuditSink:
+    if target == "-":
+        return StreamAuditSink()
+    return FileAuditSink(Path(target))

@@ -1,0 +1,216 @@
+"""One API call, from request to answer: authenticate, authorize, audit, measure, map errors.
+
+Route handlers describe *what* a call does as a coroutine taking a :class:`Call`;
+:func:`run` does the rest the same way for every route:
+
+* ``KmsError`` → its ``status`` and ``{"error": {"code", "message"}}``; anything else → 500
+  ``InternalError`` with a generic message (the traceback goes to the log, never material);
+* the audit line is written **before** the answer is returned, and if it cannot be written
+  the caller gets a 500 and no result (fail-closed);
+* the outcome and latency go to the metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from kms_operator.errors import (
+    AccessDenied,
+    InvalidRequest,
+    KeyPendingDeletion,
+    KmsError,
+    NotFound,
+    Unauthenticated,
+)
+from kms_operator.keys.service import ALIAS_PREFIX, KeyService
+from kms_operator.kube.reviews import UserInfo
+from kms_operator.store.records import KeyRecord
+
+from .audit import AuditRecord, AuditSink
+from .auth import Authenticator, Authorizer, bearer_token
+from .metrics import ApiMetrics
+
+log = logging.getLogger(__name__)
+
+INTERNAL_MESSAGE = "an internal error occurred; the request id is in the server log"
+AUDIT_FAILED_MESSAGE = "the call was refused because its audit record could not be written"
+REQUEST_ID_HEADER = "X-Request-Id"
+
+Answer = dict[str, object]
+
+
+@dataclass(slots=True)
+class ApiState:
+    service: KeyService
+    authenticator: Authenticator
+    authorizer: Authorizer
+    audit: AuditSink
+    metrics: ApiMetrics
+    max_body_bytes: int
+    ready: bool = field(default=False)
+
+
+STATE = web.AppKey("kms_api_state", ApiState)
+
+
+def error_body(code: str, message: str) -> bytes:
+    return json.dumps({"error": {"code": code, "message": message}}).encode("utf-8")
+
+
+def json_response(status: int, body: bytes, request_id: str | None = None) -> web.Response:
+    headers = {REQUEST_ID_HEADER: request_id} if request_id else None
+    return web.Response(status=status, body=body, content_type="application/json", headers=headers)
+
+
+class Call:
+    """What a handler may do during one call; it also fills the audit record as it goes."""
+
+    __slots__ = ("audit", "request", "state", "user")
+
+    def __init__(self, request: web.Request, state: ApiState, audit: AuditRecord) -> None:
+        self.request = request
+        self.state = state
+        self.audit = audit
+        self.user: UserInfo | None = None
+
+    @property
+    def service(self) -> KeyService:
+        return self.state.service
+
+    async def authenticate(self) -> UserInfo:
+        token = bearer_token(self.request.headers.get("Authorization"))
+        self.user = await self.state.authenticator.authenticate(token)
+        self.audit.caller = self.user.username
+        return self.user
+
+    async def body(self) -> bytes:
+        try:
+            return await self.request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise InvalidRequest(
+                f"the request body is larger than {self.state.max_body_bytes} bytes",
+                field="body",
+            ) from None
+
+    async def authorize(self, verb: str, record: KeyRecord) -> None:
+        assert self.user is not None, "authenticate() first"
+        await self.state.authorizer.authorize(self.user, verb, record.namespace, record.name)
+
+    async def resolve(self, verb: str, namespace: str, reference: str) -> KeyRecord:
+        """The key ``reference`` names in ``namespace``, once the caller may ``verb`` it.
+
+        A reference that names no key is authorized against the reference itself before the
+        ``NotFound``, so a caller without the verb learns nothing about which keys exist.
+        """
+        assert self.user is not None, "authenticate() first"
+        self.audit.namespace = namespace
+        try:
+            record = self.service.resolve(namespace, reference)
+        except NotFound:
+            self.audit.key_name = reference
+            await self.state.authorizer.authorize(self.user, verb, namespace, reference)
+            raise
+        self.note_key(record)
+        await self.authorize(verb, record)
+        return record
+
+    def note_key(self, record: KeyRecord, version: int | None = None) -> None:
+        self.audit.namespace = record.namespace
+        self.audit.key_name = record.name
+        self.audit.key_id = str(record.key_id)
+        if version is not None:
+            self.audit.key_version = version
+
+    def note_source(self, record: KeyRecord, version: int) -> None:
+        self.audit.source_namespace = record.namespace
+        self.audit.source_key_name = record.name
+        self.audit.source_key_id = str(record.key_id)
+        self.audit.source_key_version = version
+
+
+Work = Callable[[Call], Awaitable[Answer]]
+
+
+def key_reference(request: web.Request) -> str:
+    """The ``{key}`` of a ``/keys/{key}/…`` route, or ``alias/{alias}`` of an alias route."""
+    alias = request.match_info.get("alias")
+    if alias is not None:
+        return ALIAS_PREFIX + alias
+    return request.match_info["key"]
+
+
+async def run(request: web.Request, operation: str, work: Work) -> web.Response:
+    started = time.perf_counter()
+    state = request.app[STATE]
+    request_id = uuid.uuid4().hex
+    audit = AuditRecord(operation, request_id, remote_address=request.remote)
+    audit.namespace = request.match_info.get("ns")
+    call = Call(request, state, audit)
+    status = 200
+    try:
+        body = json.dumps(await work(call), separators=(",", ":")).encode("utf-8")
+        audit.outcome = "allowed"
+    except KmsError as exc:
+        status = exc.status
+        audit.outcome = "denied" if isinstance(exc, Unauthenticated | AccessDenied) else "error"
+        audit.error_code = exc.code
+        if isinstance(exc, KeyPendingDeletion):
+            log.warning(
+                "refused %s by %s on key %s/%s (%s): the key is pending deletion",
+                operation,
+                audit.caller,
+                audit.namespace,
+                audit.key_name,
+                audit.key_id,
+            )
+        if status >= 500:
+            log.error("%s failed (request %s): %s", operation, request_id, exc.message)
+        body = error_body(exc.code, exc.message)
+    except Exception:
+        log.exception("internal error in %s (request %s)", operation, request_id)
+        status = 500
+        audit.outcome = "error"
+        audit.error_code = "InternalError"
+        body = error_body("InternalError", INTERNAL_MESSAGE)
+    try:
+        state.audit.write(audit)
+    except Exception as exc:
+        log.error(
+            "audit line for %s (request %s) could not be written (%s): call refused",
+            operation,
+            request_id,
+            type(exc).__name__,
+        )
+        state.metrics.observe(operation, "error", time.perf_counter() - started)
+        return json_response(500, error_body("InternalError", AUDIT_FAILED_MESSAGE), request_id)
+    state.metrics.observe(operation, audit.outcome, time.perf_counter() - started)
+    return json_response(status, body, request_id)
+
+
+@web.middleware
+async def error_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Routing errors (no such path, wrong method) in the API's error format."""
+    try:
+        return await handler(request)
+    except web.HTTPNotFound:
+        return json_response(404, error_body(NotFound.code, f"no route {request.path!r}"))
+    except web.HTTPMethodNotAllowed as exc:
+        response = json_response(
+            405,
+            error_body(
+                InvalidRequest.code,
+                f"method {request.method} is not allowed on {request.path!r}; "
+                f"allowed: {', '.join(sorted(exc.allowed_methods))}",
+            ),
+        )
+        response.headers["Allow"] = ",".join(sorted(exc.allowed_methods))
+        return response

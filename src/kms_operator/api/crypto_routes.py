@@ -1,0 +1,135 @@
+"""The crypto routes: encrypt, generate-data-key, decrypt, re-encrypt, random.
+
+Each handler: authenticate, parse the body, find the key, authorize the RBAC verb on it, call
+one :class:`~kms_operator.keys.service.KeyService` method. Decrypt authorizes against the key
+named in the blob's header (an unknown key is ``InvalidCiphertext``); re-encrypt needs
+``decrypt`` on the source and ``encrypt`` on the destination; random needs only a valid token.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from kms_operator.crypto import blob as blobs
+
+from . import calls, models
+from .calls import Answer, Call
+
+VERB_ENCRYPT = "encrypt"
+VERB_DECRYPT = "decrypt"
+VERB_GENERATE_DATA_KEY = "generatedatakey"
+
+KEY_PREFIX = "/v1/namespaces/{ns}/keys/{key}"
+ALIAS_PREFIX = "/v1/namespaces/{ns}/aliases/{alias:[A-Za-z0-9/_-]+}"
+
+
+async def _encrypt(call: Call) -> Answer:
+    await call.authenticate()
+    body = models.parse_encrypt(await call.body())
+    namespace, reference = call.request.match_info["ns"], calls.key_reference(call.request)
+    await call.resolve(VERB_ENCRYPT, namespace, reference)
+    result = call.service.encrypt(namespace, reference, body.plaintext, body.encryption_context)
+    call.audit.key_version = result.key_version
+    return {
+        "ciphertextBlob": models.b64(result.ciphertext_blob),
+        "keyId": str(result.key_id),
+        "keyVersion": result.key_version,
+    }
+
+
+async def _generate_data_key(call: Call) -> Answer:
+    await call.authenticate()
+    body = models.parse_generate_data_key(await call.body())
+    namespace, reference = call.request.match_info["ns"], calls.key_reference(call.request)
+    await call.resolve(VERB_GENERATE_DATA_KEY, namespace, reference)
+    result = call.service.generate_data_key(
+        namespace,
+        reference,
+        key_spec=body.key_spec,
+        number_of_bytes=body.number_of_bytes,
+        context=body.encryption_context,
+        with_plaintext=not body.without_plaintext,
+    )
+    call.audit.key_version = result.key_version
+    answer: Answer = {
+        "ciphertextBlob": models.b64(result.ciphertext_blob),
+        "keyId": str(result.key_id),
+        "keyVersion": result.key_version,
+    }
+    if result.plaintext is not None:
+        answer["plaintext"] = models.b64(result.plaintext)
+    return answer
+
+
+async def _decrypt(call: Call) -> Answer:
+    await call.authenticate()
+    body = models.parse_decrypt(await call.body())
+    record = call.service.key_of_blob(body.ciphertext_blob)
+    call.note_key(record, blobs.parse_header(body.ciphertext_blob).version)
+    await call.authorize(VERB_DECRYPT, record)
+    result = call.service.decrypt(body.ciphertext_blob, body.encryption_context)
+    return {
+        "plaintext": models.b64(result.plaintext),
+        "keyId": str(result.key_id),
+        "keyVersion": result.key_version,
+    }
+
+
+async def _re_encrypt(call: Call) -> Answer:
+    await call.authenticate()
+    body = models.parse_re_encrypt(await call.body())
+    source = call.service.key_of_blob(body.ciphertext_blob)
+    call.note_source(source, blobs.parse_header(body.ciphertext_blob).version)
+    await call.authorize(VERB_DECRYPT, source)
+    destination = body.destination
+    await call.resolve(VERB_ENCRYPT, destination.namespace, destination.key)
+    result = call.service.re_encrypt(
+        body.ciphertext_blob,
+        destination.namespace,
+        destination.key,
+        source_context=body.source_encryption_context,
+        destination_context=body.destination_encryption_context,
+    )
+    call.audit.key_version = result.key_version
+    return {
+        "ciphertextBlob": models.b64(result.ciphertext_blob),
+        "keyId": str(result.key_id),
+        "keyVersion": result.key_version,
+        "sourceKeyId": str(result.source_key_id),
+        "sourceKeyVersion": result.source_key_version,
+    }
+
+
+async def _random(call: Call) -> Answer:
+    await call.authenticate()
+    body = models.parse_random(await call.body())
+    return {"plaintext": models.b64(call.service.random(body.number_of_bytes))}
+
+
+async def encrypt(request: web.Request) -> web.Response:
+    return await calls.run(request, "encrypt", _encrypt)
+
+
+async def generate_data_key(request: web.Request) -> web.Response:
+    return await calls.run(request, "generate-data-key", _generate_data_key)
+
+
+async def decrypt(request: web.Request) -> web.Response:
+    return await calls.run(request, "decrypt", _decrypt)
+
+
+async def re_encrypt(request: web.Request) -> web.Response:
+    return await calls.run(request, "re-encrypt", _re_encrypt)
+
+
+async def random(request: web.Request) -> web.Response:
+    return await calls.run(request, "random", _random)
+
+
+def add_routes(app: web.Application) -> None:
+    for prefix in (KEY_PREFIX, ALIAS_PREFIX):
+        app.router.add_post(f"{prefix}/encrypt", encrypt)
+        app.router.add_post(f"{prefix}/generate-data-key", generate_data_key)
+    app.router.add_post("/v1/decrypt", decrypt)
+    app.router.add_post("/v1/re-encrypt", re_encrypt)
+    app.router.add_post("/v1/random", random)

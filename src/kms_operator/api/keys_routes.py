@@ -1,0 +1,75 @@
+"""``GET /v1/namespaces/{ns}/keys/{key}`` (and ``/aliases/{alias}``): metadata, never material.
+
+Reading metadata through the API needs the RBAC verb ``get`` on the CMK, the same verb that
+lets ``kubectl get cmk`` show the custom resource; the answer holds nothing the resource's
+status does not already publish.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from aiohttp import web
+
+from kms_operator.store.records import KeyRecord
+
+from . import calls
+from .calls import Answer, Call
+from .crypto_routes import ALIAS_PREFIX, KEY_PREFIX
+
+VERB_GET = "get"
+
+
+def _time(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat().replace("+00:00", "Z")
+
+
+def describe(record: KeyRecord) -> Answer:
+    return {
+        "keyId": str(record.key_id),
+        "namespace": record.namespace,
+        "name": record.name,
+        "state": record.state.value,
+        "origin": record.origin.value,
+        "keySpec": record.key_spec.value,
+        "keyUsage": record.key_usage.value,
+        "description": record.description,
+        "enabled": record.enabled,
+        "aliases": list(record.aliases),
+        "default": record.is_default,
+        "createdAt": _time(record.created_at),
+        "currentVersion": record.current_version,
+        "versions": [
+            {
+                "version": v.version,
+                "createdAt": _time(v.created_at),
+                "state": v.state.value,
+                "importedAt": _time(v.imported_at),
+                "expiresAt": _time(v.expires_at),
+            }
+            for v in record.versions
+        ],
+        "rotation": {
+            "periodDays": record.rotation_period_days,
+            "lastRotatedAt": _time(record.last_rotated_at),
+            "nextRotationAt": _time(record.next_rotation_at),
+        },
+        "deletionDate": _time(record.deletion_date),
+    }
+
+
+async def _describe_key(call: Call) -> Answer:
+    await call.authenticate()
+    namespace, reference = call.request.match_info["ns"], calls.key_reference(call.request)
+    record = await call.resolve(VERB_GET, namespace, reference)
+    call.audit.key_version = record.current_version
+    return describe(record)
+
+
+async def describe_key(request: web.Request) -> web.Response:
+    return await calls.run(request, "describe-key", _describe_key)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get(KEY_PREFIX, describe_key, allow_head=False)
+    app.router.add_get(ALIAS_PREFIX, describe_key, allow_head=False)
