@@ -63,6 +63,8 @@ class RootKey:
 
     def _unwrap(self, aad: bytes, wrapped: bytes) -> bytes:
         try:
+            if len(wrapped) < primitives.NONCE_SIZE:
+                raise primitives.AuthenticationFailed
             return self._aead.decrypt(
                 wrapped[: primitives.NONCE_SIZE], wrapped[primitives.NONCE_SIZE :], aad
             )
@@ -86,12 +88,7 @@ def load_root_key_file(path: Path, *, create: bool = True) -> RootKey:
     if not path.exists():
         if not create:
             raise RootKeyError(f"root key file {path} does not exist")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            out.write(primitives.random_bytes(ROOT_KEY_SIZE))
-            out.flush()
-            os.fsync(out.fileno())
+        _create_root_key_file(path)
     mode = path.stat().st_mode
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise RootKeyError(
@@ -111,3 +108,15 @@ def load_root_key_file(path: Path, *, create: bool = True) -> RootKey:
             f"it holds {len(content)} bytes"
         )
     return RootKey(decoded)
+
+
+def _create_root_key_file(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return  # another process created it between our exists() and open(): use theirs
+    with os.fdopen(fd, "wb") as out:
+        out.write(primitives.random_bytes(ROOT_KEY_SIZE))
+        out.flush()
+        os.fsync(out.fileno())
