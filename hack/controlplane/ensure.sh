@@ -9,8 +9,8 @@
 #   kubectl, it is used as is and nothing is built.
 # - Otherwise the tools are built from Go modules (pinned in versions.env) into
 #   <repo>/.envtest/bin through small generated wrapper modules under
-#   <repo>/.envtest/src/<tool>/. A stamp file records the versions; the build is
-#   skipped when the stamp matches and every binary is present.
+#   <repo>/.envtest/src/<tool>/. A stamp file per tool (.envtest/bin/.<tool>.stamp)
+#   records what it was built from; only missing or stale tools are rebuilt.
 #
 # Progress goes to stderr. A failing build stops the script with go's output.
 # Environment knobs: ENVTEST_DIR (default <repo>/.envtest), ENSURE_FORCE=1 to
@@ -46,7 +46,6 @@ fi
 envtest_dir="${ENVTEST_DIR:-${repo_root}/.envtest}"
 bin_dir="${envtest_dir}/bin"
 src_dir="${envtest_dir}/src"
-stamp="${bin_dir}/.versions"
 tools="${ENSURE_TOOLS:-kube-apiserver etcd kubectl helm}"
 
 command -v go >/dev/null 2>&1 || die "go is not on PATH (needed to build the control plane binaries)"
@@ -55,22 +54,34 @@ export CGO_ENABLED=0
 export GOFLAGS="-mod=mod -buildvcs=false"
 go_version="$(go env GOVERSION)"
 
-want_stamp="$(printf 'KUBERNETES_VERSION=%s\nETCD_VERSION=%s\nHELM_VERSION=%s\nGO=%s\nTOOLS=%s\n' \
-  "${KUBERNETES_VERSION}" "${ETCD_VERSION}" "${HELM_VERSION}" "${go_version}" "${tools}")"
-
-all_present() {
-  local t
-  for t in ${tools}; do is_exe "${bin_dir}/${t}" || return 1; done
+tool_stamp() {
+  # What a tool's binary was built from; a change of it rebuilds that tool only.
+  case "$1" in
+    kube-apiserver|kubectl) printf 'k8s.io/kubernetes %s %s\n' "${KUBERNETES_VERSION}" "${go_version}" ;;
+    etcd) printf 'go.etcd.io/etcd/server/v3 %s %s\n' "${ETCD_VERSION}" "${go_version}" ;;
+    helm) printf 'helm %s %s\n' "${HELM_VERSION}" "${go_version}" ;;
+    *) die "unknown tool $1 (known: kube-apiserver etcd kubectl helm)" ;;
+  esac
 }
 
-if [[ "${ENSURE_FORCE:-0}" != 1 && -f "${stamp}" ]] && [[ "$(cat "${stamp}")" == "${want_stamp}" ]] && all_present; then
+up_to_date() {
+  local t="$1"
+  [[ "${ENSURE_FORCE:-0}" != 1 ]] && is_exe "${bin_dir}/${t}" && [[ -f "${bin_dir}/.${t}.stamp" ]] \
+    && [[ "$(cat "${bin_dir}/.${t}.stamp")" == "$(tool_stamp "${t}")" ]]
+}
+
+stale=""
+for tool in ${tools}; do
+  tool_stamp "${tool}" >/dev/null
+  up_to_date "${tool}" || stale+="${stale:+ }${tool}"
+done
+if [[ -z "${stale}" ]]; then
   log "binaries up to date in ${bin_dir} (k8s ${KUBERNETES_VERSION}, etcd ${ETCD_VERSION}, helm ${HELM_VERSION})"
   printf '%s\n' "${bin_dir}"
   exit 0
 fi
 
 mkdir -p "${bin_dir}" "${src_dir}"
-rm -f "${stamp}"
 
 # k8s.io/kubernetes vMAJ.MIN.PATCH -> staging modules v0.MIN.PATCH
 k8s_semver="${KUBERNETES_VERSION#v}"
@@ -169,14 +180,14 @@ build_tool() {
   log "building ${tool} from ${pkg} ..."
   run_go "${dir}" build -trimpath -ldflags "${ldflags}" -o "${bin_dir}/${tool}.tmp" "${pkg}"
   mv -f "${bin_dir}/${tool}.tmp" "${bin_dir}/${tool}"
+  tool_stamp "${tool}" > "${bin_dir}/.${tool}.stamp"
   log "built ${bin_dir}/${tool} in $(( $(date +%s) - start ))s"
 }
 
-log "building control plane tools into ${bin_dir} with ${go_version}: ${tools}"
+log "building control plane tools into ${bin_dir} with ${go_version}: ${stale}"
 log "versions: kubernetes ${KUBERNETES_VERSION} (staging ${staging_version}), etcd ${ETCD_VERSION}, helm ${HELM_VERSION}"
-for tool in ${tools}; do
+for tool in ${stale}; do
   build_tool "${tool}"
 done
-printf '%s\n' "${want_stamp}" > "${stamp}"
 log "done"
 printf '%s\n' "${bin_dir}"
