@@ -1,0 +1,1 @@
+"""Command-line entry points: ``kms-operator`` (the operator and its API) and ``kmsctl``."""

@@ -1,0 +1,112 @@
+"""Reads and writes of our custom resources, Events and owned objects (sync client calls)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, cast
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+GROUP = "kms.cmk.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+CMK_PLURAL = "customermasterkeys"
+CMK_KIND = "CustomerMasterKey"
+COMPONENT = "kms-operator"
+
+Body = dict[str, Any]
+
+
+class Objects:
+    """The operator's writes outside Kopf handlers: scheduler, cancellations, drift reports."""
+
+    def __init__(self, api_client: client.ApiClient) -> None:
+        self._custom = client.CustomObjectsApi(api_client)
+        self._core = client.CoreV1Api(api_client)
+
+    def get_cmk(self, namespace: str, name: str) -> Body | None:
+        try:
+            body = cast(
+                Body,
+                self._custom.get_namespaced_custom_object(
+                    GROUP, VERSION, namespace, CMK_PLURAL, name
+                ),
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return body
+
+    def list_cmks(self) -> list[Body]:
+        answer = cast(Body, self._custom.list_cluster_custom_object(GROUP, VERSION, CMK_PLURAL))
+        return list(answer.get("items", []))
+
+    def create_cmk(self, namespace: str, body: Body) -> Body:
+        return cast(
+            Body,
+            self._custom.create_namespaced_custom_object(
+                GROUP, VERSION, namespace, CMK_PLURAL, body
+            ),
+        )
+
+    def patch_cmk_status(self, namespace: str, name: str, status: Body) -> None:
+        self._custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, CMK_PLURAL, name, {"status": status}
+        )
+
+    def remove_finalizer(self, body: Body, finalizer: str) -> bool:
+        """Drop ``finalizer`` with a resourceVersion precondition; False if already gone."""
+        meta = body["metadata"]
+        finalizers = list(meta.get("finalizers") or [])
+        if finalizer not in finalizers:
+            return False
+        finalizers.remove(finalizer)
+        try:
+            self._custom.patch_namespaced_custom_object(
+                GROUP,
+                VERSION,
+                meta["namespace"],
+                CMK_PLURAL,
+                meta["name"],
+                {
+                    "metadata": {
+                        "finalizers": finalizers,
+                        "resourceVersion": meta["resourceVersion"],
+                    }
+                },
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    def post_event(
+        self,
+        namespace: str,
+        name: str,
+        uid: str | None,
+        *,
+        type_: str,
+        reason: str,
+        message: str,
+    ) -> None:
+        """An Event on a CustomerMasterKey (which may no longer exist: drift reports)."""
+        now = datetime.now(UTC)
+        event = client.CoreV1Event(
+            metadata=client.V1ObjectMeta(generate_name=f"{name}.", namespace=namespace),
+            involved_object=client.V1ObjectReference(
+                api_version=API_VERSION, kind=CMK_KIND, name=name, namespace=namespace, uid=uid
+            ),
+            type=type_,
+            reason=reason,
+            message=message[:1024],
+            source=client.V1EventSource(component=COMPONENT),
+            first_timestamp=now,
+            last_timestamp=now,
+            count=1,
+            reporting_component=COMPONENT,
+        )
+        self._core.create_namespaced_event(namespace, event)

@@ -1,0 +1,51 @@
+"""The operator's one Kopf registry, its login and its settings (DESIGN.md section 7)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from kms_operator.kube.client import ConnectionParameters
+from kms_operator.kube.objects import GROUP
+from kms_operator.settings import Settings
+
+KOPF_PREFIX = f"kopf.{GROUP}"
+
+registry = kopf.OperatorRegistry()
+
+
+@kopf.on.login(registry=registry)
+def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
+    """The same cluster and identity as our own client (explicit kubeconfig or in-cluster)."""
+    params: ConnectionParameters = memo.runtime.connection
+    return kopf.ConnectionInfo(
+        server=params.server,
+        ca_path=params.ca_path,
+        insecure=params.insecure,
+        scheme=params.scheme,
+        token=params.token,
+        certificate_path=params.certificate_path,
+        private_key_path=params.private_key_path,
+    )
+
+
+def operator_settings(config: Settings) -> kopf.OperatorSettings:
+    settings = kopf.OperatorSettings()
+    # Our prefix everywhere (DESIGN.md section 7): Kopf's own finalizer is never added since
+    # no deletion handler is registered, but it must not use Kopf's name if it ever is.
+    settings.persistence.finalizer = "kms.cmk.dev/kopf-finalizer"
+    # A sub-domain, not GROUP itself: Kopf leaves every annotation under its storage prefix
+    # out of the diff, and our users' kms.cmk.dev/rotate must count as a change.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=KOPF_PREFIX, key="last-handled-configuration"
+    )
+    settings.watching.server_timeout = config.watch_server_timeout
+    settings.watching.client_timeout = config.watch_client_timeout
+    settings.watching.connect_timeout = 30
+    settings.batching.worker_limit = config.max_workers
+    settings.posting.level = logging.INFO
+    settings.execution.max_workers = config.max_workers
+    return settings

@@ -1,0 +1,85 @@
+"""``kms-operator run``: the store, the key service, the data-plane API and Kopf in one loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import kopf
+
+from kms_operator.keys.clock import Timescale
+from kms_operator.keys.service import KeyService
+from kms_operator.kube.client import connection_parameters, load_api_client
+from kms_operator.kube.objects import Objects
+from kms_operator.settings import Settings
+from kms_operator.store.rootkey import load_root_key_file
+from kms_operator.store.sqlite import SqliteKeyStore
+
+from . import customermasterkeys
+from .registries import operator_settings, registry
+from .runtime import Runtime
+from .scheduling import DeadlineScheduler
+
+log = logging.getLogger(__name__)
+
+
+def run(settings: Settings) -> None:
+    if settings.day_seconds != 86400:
+        log.warning(
+            "a day lasts %s seconds (--day-seconds): pending windows, rotation periods and "
+            "expiries run fast; never use this in production",
+            settings.day_seconds,
+        )
+    store = SqliteKeyStore(settings.store_path, load_root_key_file(settings.root_key_file))
+    try:
+        service = KeyService(store, timescale=Timescale(settings.day_seconds))
+        asyncio.run(_serve(settings, service))
+    finally:
+        store.close()
+
+
+async def _serve(settings: Settings, service: KeyService) -> None:
+    api_client = load_api_client(settings.kubeconfig)
+    objects = Objects(api_client)
+    scheduler = DeadlineScheduler(service, objects, max_sleep=min(30.0, settings.day_seconds / 4))
+    runtime = Runtime(
+        service=service,
+        objects=objects,
+        scheduler=scheduler,
+        settings=settings,
+        connection=connection_parameters(api_client),
+    )
+    await asyncio.to_thread(service.warm_cache)
+    api = None
+    if settings.api_enabled:
+        from kms_operator.api.server import start_api_server
+
+        api = await start_api_server(service, settings, api_client)
+        api.mark_ready()
+        log.info("data-plane API listening on %s", api.url)
+    await asyncio.to_thread(customermasterkeys.report_keys_without_objects, runtime)
+    operator = asyncio.create_task(
+        kopf.operator(
+            registry=registry,
+            settings=operator_settings(settings),
+            memo=kopf.Memo(runtime=runtime),
+            clusterwide=not settings.namespaces,
+            namespaces=settings.namespaces,
+            standalone=True,
+        ),
+        name="kopf",
+    )
+    timers = asyncio.create_task(scheduler.run(), name="scheduler")
+    try:
+        done, _ = await asyncio.wait({operator, timers}, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            task.result()  # re-raise a crash of either
+    finally:
+        for task in (operator, timers):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if api is not None:
+            await api.stop()
+        api_client.close()  # type: ignore[no-untyped-call]

@@ -1,0 +1,21 @@
+"""What every handler needs, carried to Kopf handlers through ``memo``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kms_operator.keys.service import KeyService
+from kms_operator.kube.client import ConnectionParameters
+from kms_operator.kube.objects import Objects
+from kms_operator.settings import Settings
+
+from .scheduling import DeadlineScheduler
+
+
+@dataclass
+class Runtime:
+    service: KeyService
+    objects: Objects
+    scheduler: DeadlineScheduler
+    settings: Settings
+    connection: ConnectionParameters
