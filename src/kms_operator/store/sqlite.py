@@ -124,12 +124,16 @@ class SqliteKeyStore:
             self._conn = sqlite3.connect(
                 path, isolation_level=None, check_same_thread=False, timeout=30
             )
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=FULL")
-            self._conn.execute("PRAGMA secure_delete=ON")
-            self._conn.execute("PRAGMA foreign_keys=ON")
-            self._migrate()
-            self._check_root_key()
+            try:
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                self._conn.execute("PRAGMA synchronous=FULL")
+                self._conn.execute("PRAGMA secure_delete=ON")
+                self._conn.execute("PRAGMA foreign_keys=ON")
+                self._migrate()
+                self._check_root_key()
+            except BaseException:
+                self._conn.close()  # a refused store keeps no handle on the file
+                raise
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot open the key store {path}: {exc}") from None
 
@@ -327,6 +331,11 @@ class SqliteKeyStore:
             )
             _fault("destroy:key-row")
             self._write_versions(conn, record)
+            # Shredding is the store's promise, whatever the record says: no fingerprint stays.
+            conn.execute(
+                "UPDATE versions SET state = ?, fingerprint = NULL WHERE key_id = ?",
+                (VersionState.DESTROYED.value, key_id),
+            )
         self._checkpoint()
 
     def save_import_parameters(self, params: ImportParameters, private_key_pem: bytes) -> None:
