@@ -156,7 +156,7 @@ def generate_self_signed(
     sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
     cert = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns[1] or dns[0])]))
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kms-operator API")]))
         .issuer_name(ca_name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
