@@ -131,6 +131,9 @@ class SqliteKeyStore:
                 self._conn.execute("PRAGMA foreign_keys=ON")
                 self._migrate()
                 self._check_root_key()
+                # A destruction killed between its commit and its checkpoint left old pages
+                # (wrapped material) in the file: fold the WAL in now, so shredding completes.
+                self._checkpoint()
             except BaseException:
                 self._conn.close()  # a refused store keeps no handle on the file
                 raise
