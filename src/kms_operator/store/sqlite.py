@@ -9,6 +9,7 @@ statements to prove it.
 
 from __future__ import annotations
 
+import os
 import shutil
 import sqlite3
 import threading
@@ -412,6 +413,8 @@ class SqliteKeyStore:
         destination.parent.mkdir(parents=True, exist_ok=True)
         tmp = destination.with_name(destination.name + ".partial")
         tmp.unlink(missing_ok=True)
+        # Owner-only from the first byte, not after the copy.
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         with self._lock:
             target = sqlite3.connect(tmp)
             try:
@@ -435,15 +438,37 @@ def restore_store(backup: Path, store_path: Path, root_key: RootKey) -> None:
     """
     if not backup.is_file():
         raise StoreError(f"backup {backup} does not exist")
+    store_path.parent.mkdir(parents=True, exist_ok=True)
     staging = store_path.with_name(store_path.name + ".restoring")
-    for path in (staging, Path(f"{staging}-wal"), Path(f"{staging}-shm")):
+    staged = (staging, Path(f"{staging}-wal"), Path(f"{staging}-shm"))
+    for path in staged:
         path.unlink(missing_ok=True)
-    shutil.copyfile(backup, staging)
-    SqliteKeyStore(staging, root_key).close()  # validates schema and root key
+    try:
+        os.close(os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        shutil.copyfile(backup, staging)
+        _check_is_a_store(staging, backup)
+        SqliteKeyStore(staging, root_key).close()  # validates schema and root key
+    except BaseException:
+        for path in staged:
+            path.unlink(missing_ok=True)
+        raise
     for suffix in ("-wal", "-shm"):
         Path(f"{store_path}{suffix}").unlink(missing_ok=True)
     staging.chmod(0o600)
     staging.replace(store_path)
+
+
+def _check_is_a_store(staging: Path, backup: Path) -> None:
+    """An empty or unrelated file would open as a new, empty store: refuse it instead."""
+    conn = sqlite3.connect(staging)
+    try:
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"backup {backup} is not a key store: {exc}") from None
+    finally:
+        conn.close()
+    if version < 1:
+        raise StoreError(f"backup {backup} is empty or not a kms-operator key store")
 
 
 _KEY_COLUMN_NAMES = (
