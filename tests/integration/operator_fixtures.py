@@ -16,7 +16,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -113,7 +112,9 @@ class OperatorProcess:
             return False
         context = ssl.create_default_context(cafile=str(self.ca_file))
         try:
-            with urllib.request.urlopen(f"{self.api_url}/readyz", context=context, timeout=2) as r:
+            with urllib.request.urlopen(  # noqa: S310 - a fixed https URL
+                f"{self.api_url}/readyz", context=context, timeout=2
+            ) as r:
                 return bool(r.status == 200)
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             return False
@@ -158,12 +159,15 @@ def crds_installed(kube_api: client.ApiClient) -> list[str]:
 
 @pytest.fixture(scope="module")
 def operator_process(
+    request: pytest.FixtureRequest,
     control_plane: LocalControlPlane,
     crds_installed: list[str],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[OperatorProcess]:
+    """One operator per test module; a module may set ``OPERATOR_DAY_SECONDS``."""
+    day_seconds = getattr(request.module, "OPERATOR_DAY_SECONDS", DAY_SECONDS)
     process = OperatorProcess(
-        control_plane, tmp_path_factory.mktemp("operator"), day_seconds=DAY_SECONDS
+        control_plane, tmp_path_factory.mktemp("operator"), day_seconds=day_seconds
     )
     process.start()
     try:
@@ -171,16 +175,6 @@ def operator_process(
     finally:
         process.stop()
         process.kill()
-
-
-@pytest.fixture
-def namespace(kube_api: client.ApiClient) -> str:
-    """A fresh namespace per test (never deleted: no namespace controller runs here)."""
-    name = f"t-{uuid.uuid4().hex[:10]}"
-    client.CoreV1Api(kube_api).create_namespace(
-        client.V1Namespace(metadata=client.V1ObjectMeta(name=name))
-    )
-    return name
 
 
 class Cmks:
@@ -234,7 +228,9 @@ class Cmks:
         )
         return result
 
-    def wait_state(self, namespace: str, name: str, state: str, timeout: float = 30.0) -> dict[str, Any]:
+    def wait_state(
+        self, namespace: str, name: str, state: str, timeout: float = 30.0
+    ) -> dict[str, Any]:
         return self.wait_status(
             namespace, name, lambda s: s.get("state") == state, timeout,
             what=f"{namespace}/{name} to be {state}",

@@ -39,9 +39,14 @@ class Objects:
             raise
         return body
 
-    def list_cmks(self) -> list[Body]:
-        answer = cast(Body, self._custom.list_cluster_custom_object(GROUP, VERSION, CMK_PLURAL))
-        return list(answer.get("items", []))
+    def list_cmks(self, namespace: str | None = None) -> list[Body]:
+        if namespace is None:
+            answer = self._custom.list_cluster_custom_object(GROUP, VERSION, CMK_PLURAL)
+        else:
+            answer = self._custom.list_namespaced_custom_object(
+                GROUP, VERSION, namespace, CMK_PLURAL
+            )
+        return list(cast(Body, answer).get("items", []))
 
     def create_cmk(self, namespace: str, body: Body) -> Body:
         return cast(

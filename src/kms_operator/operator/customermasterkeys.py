@@ -161,6 +161,13 @@ async def _reconcile(body: kopf.Body, patch: kopf.Patch, runtime: Runtime, *, ro
             reason=conditions.ROTATED,
             message=f"rotated on demand to version {record.current_version}",
         )
+    had_conflict = any(
+        c.get("type") == conditions.ALIAS_CONFLICT and c.get("status") == "True"
+        for c in body.status.get("conditions") or ()
+    )
+    conflict: Condition | None = None
+    if had_conflict or any(r == conditions.ALIAS_CONFLICT for r, _ in problems):
+        conflict = await asyncio.to_thread(_refresh_alias_conflicts, runtime, namespace, name)
     synced = Condition(
         conditions.SYNCED,
         not problems,
@@ -171,7 +178,7 @@ async def _reconcile(body: kopf.Body, patch: kopf.Patch, runtime: Runtime, *, ro
         statuses.key_status(
             record,
             existing_conditions=body.status.get("conditions"),
-            extra_conditions=[synced, *_alias_conflict_conditions(problems)],
+            extra_conditions=[synced, conflict or alias_conflict_condition(name, (), {})],
             generation=body.metadata.get("generation"),
             now=service.clock.now(),
         )
@@ -216,13 +223,79 @@ def _reason_of(exc: KmsError) -> str:
     return conditions.INVALID_SPEC
 
 
-def _alias_conflict_conditions(problems: list[tuple[str, str]]) -> list[Condition]:
-    clashes = [m for r, m in problems if r == conditions.ALIAS_CONFLICT]
+def alias_claims(items: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """Which live objects of one namespace ask for each alias (terminating ones do not count)."""
+    claims: dict[str, list[str]] = {}
+    for item in items:
+        if item["metadata"].get("deletionTimestamp"):
+            continue
+        for alias in (item.get("spec") or {}).get("aliases") or ():
+            claims.setdefault(alias, []).append(item["metadata"]["name"])
+    return claims
+
+
+def alias_conflict_condition(name: str, aliases: Any, claims: dict[str, list[str]]) -> Condition:
+    """Both sides of a clash see it: the key holding an alias and the one asking for it."""
+    clashes = sorted(
+        f"{alias} (also claimed by {', '.join(sorted(set(claims[alias]) - {name}))})"
+        for alias in aliases or ()
+        if len(set(claims.get(alias, ())) | {name}) > 1
+    )
     if clashes:
-        return [Condition(conditions.ALIAS_CONFLICT, True, conditions.ALIAS_CONFLICT, clashes[0])]
-    return [
-        Condition(conditions.ALIAS_CONFLICT, False, conditions.NO_CONFLICT, "no alias conflict")
-    ]
+        return Condition(
+            conditions.ALIAS_CONFLICT,
+            True,
+            conditions.ALIAS_CONFLICT,
+            "aliases claimed by more than one key in the namespace: " + "; ".join(clashes),
+        )
+    return Condition(conditions.ALIAS_CONFLICT, False, conditions.NO_CONFLICT, "no alias conflict")
+
+
+def _refresh_alias_conflicts(runtime: Runtime, namespace: str, skip: str) -> Condition | None:
+    """Recompute AliasConflict on every key of the namespace; return the one for ``skip``.
+
+    Others are patched here; ``skip`` (the object being reconciled) gets its condition through
+    the handler's own status patch, so the two writes never race.
+    """
+    items = runtime.objects.list_cmks(namespace)
+    claims = alias_claims(items)
+    own = None
+    for item in items:
+        meta = item["metadata"]
+        wanted = alias_conflict_condition(
+            meta["name"], (item.get("spec") or {}).get("aliases"), claims
+        )
+        if meta["name"] == skip:
+            own = wanted
+            continue
+        current = next(
+            (
+                c
+                for c in (item.get("status") or {}).get("conditions") or ()
+                if c.get("type") == conditions.ALIAS_CONFLICT
+            ),
+            None,
+        )
+        if meta.get("deletionTimestamp") or not (item.get("status") or {}).get("keyId"):
+            continue
+        if (
+            current is None
+            or (current.get("status") == "True") != wanted.status
+            or (current.get("message") != wanted.message)
+        ):
+            runtime.objects.patch_cmk_status(
+                namespace,
+                meta["name"],
+                {
+                    "conditions": conditions.merge_conditions(
+                        (item.get("status") or {}).get("conditions"),
+                        [wanted],
+                        generation=None,
+                        now=runtime.service.clock.now(),
+                    )
+                },
+            )
+    return own
 
 
 def _handler_error(exc: KmsError) -> Exception:
@@ -238,9 +311,7 @@ def _terminating(body: kopf.Body, **_: Any) -> bool:
     return bool(body.meta.get("deletionTimestamp"))
 
 
-@kopf.on.event(
-    GROUP, VERSION, CMK_PLURAL, id="cmk-deletion", registry=registry, when=_terminating
-)
+@kopf.on.event(GROUP, VERSION, CMK_PLURAL, id="cmk-deletion", registry=registry, when=_terminating)
 async def deletion(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """Hold, schedule, cancel or release a terminating object (no Kopf retries: idempotent)."""
     if not body.meta.get("deletionTimestamp") or FINALIZER not in (

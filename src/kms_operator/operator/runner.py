@@ -8,6 +8,7 @@ import logging
 
 import kopf
 
+from kms_operator.api.server import start_api_server
 from kms_operator.keys.clock import Timescale
 from kms_operator.keys.service import KeyService
 from kms_operator.kube.client import connection_parameters, load_api_client
@@ -53,8 +54,6 @@ async def _serve(settings: Settings, service: KeyService) -> None:
     await asyncio.to_thread(service.warm_cache)
     api = None
     if settings.api_enabled:
-        from kms_operator.api.server import start_api_server
-
         api = await start_api_server(service, settings, api_client)
         api.mark_ready()
         log.info("data-plane API listening on %s", api.url)
