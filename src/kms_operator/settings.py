@@ -46,6 +46,9 @@ class Settings:
     # Admission webhook (Kopf's), optional.
     webhook_enabled: bool = False
     webhook_port: int = 9443
+    #: The host name the API server calls the webhook at (its certificate must cover it);
+    #: default ``<api_service_name>.<operator_namespace>.svc``.
+    webhook_host: str | None = None
 
     # Kopf tuning (DESIGN.md section 7).
     max_workers: int = 20

@@ -54,7 +54,14 @@ def wait_for(
 
 
 class OperatorProcess:
-    def __init__(self, plane: LocalControlPlane, work_dir: Path, day_seconds: float) -> None:
+    def __init__(
+        self,
+        plane: LocalControlPlane,
+        work_dir: Path,
+        day_seconds: float,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
+        self.extra_args = extra_args
         self.plane = plane
         self.work_dir = work_dir
         self.day_seconds = day_seconds
@@ -92,6 +99,7 @@ class OperatorProcess:
             "--auth-cache-seconds", "1",
             "--log-format", "json",
             "--log-level", "DEBUG",
+            *self.extra_args,
         ]  # fmt: skip
 
     def start(self) -> None:
@@ -164,10 +172,13 @@ def operator_process(
     crds_installed: list[str],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[OperatorProcess]:
-    """One operator per test module; a module may set ``OPERATOR_DAY_SECONDS``."""
-    day_seconds = getattr(request.module, "OPERATOR_DAY_SECONDS", DAY_SECONDS)
+    """One operator per test module; a module may set ``OPERATOR_DAY_SECONDS`` and
+    ``OPERATOR_EXTRA_ARGS``."""
     process = OperatorProcess(
-        control_plane, tmp_path_factory.mktemp("operator"), day_seconds=day_seconds
+        control_plane,
+        tmp_path_factory.mktemp("operator"),
+        day_seconds=getattr(request.module, "OPERATOR_DAY_SECONDS", DAY_SECONDS),
+        extra_args=tuple(getattr(request.module, "OPERATOR_EXTRA_ARGS", ())),
     )
     process.start()
     try:

@@ -78,6 +78,18 @@ def main() -> None:
 @click.option("--tls-cert-file", type=click.Path(path_type=Path), default=None)
 @click.option("--tls-key-file", type=click.Path(path_type=Path), default=None)
 @click.option("--tls-dir", type=click.Path(path_type=Path), default=None)
+@click.option(
+    "--tls-ca-file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="With --tls-cert-file: the CA bundle clients trust.",
+)
+@click.option(
+    "--api-service-name",
+    default=Settings.api_service_name,
+    help="The Service fronting the API (its DNS names go into generated certs).",
+)
+@click.option("--ca-configmap", default=Settings.ca_configmap)
 @click.option("--token-audience", "token_audiences", multiple=True)
 @click.option(
     "--static-token-file",
@@ -87,6 +99,18 @@ def main() -> None:
 )
 @click.option("--auth-cache-seconds", type=float, default=Settings.auth_cache_seconds)
 @click.option("--audit-log", default=Settings.audit_log, help="A file, or - for stdout.")
+@click.option(
+    "--webhook/--no-webhook",
+    "webhook_enabled",
+    default=False,
+    help="Serve Kopf's validating webhook (registers it with the API server).",
+)
+@click.option("--webhook-port", type=int, default=Settings.webhook_port)
+@click.option(
+    "--webhook-host",
+    default=None,
+    help="Host the API server calls the webhook at [default: <svc>.<ns>.svc].",
+)
 @click.option("--max-workers", type=int, default=Settings.max_workers)
 def run(cluster: str, local_dir: Path, crds_dir: Path, **options: object) -> None:
     """Run the operator and the data-plane API in one process."""

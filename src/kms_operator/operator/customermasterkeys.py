@@ -434,6 +434,100 @@ def _recreate(runtime: Runtime, body: dict[str, Any], *, enabled: bool) -> None:
         objects.create_cmk(meta["namespace"], fresh)
 
 
+# -- admission (optional: the operator works without it) ----------------------------------
+
+
+# The id is the keyword under which Kopf hands the index to other handlers.
+@kopf.index(GROUP, VERSION, CMK_PLURAL, id="cmk_aliases", registry=registry)
+def cmk_aliases(
+    namespace: str | None, name: str | None, spec: kopf.Spec, meta: kopf.Meta, **_: Any
+) -> dict[tuple[str | None, str], str | None]:
+    """Every live object's aliases, so admission sees clashes across the namespace."""
+    if meta.get("deletionTimestamp"):
+        return {}
+    return {(namespace, alias): name for alias in spec.get("aliases") or ()}
+
+
+def admission_problem(
+    operation: str,
+    old: Mapping[str, Any] | None,
+    new: Mapping[str, Any] | None,
+    alias_owners: Mapping[str, set[str]],
+) -> str | None:
+    """Why a request must be refused, or None. A pure function: the webhook only wraps it.
+
+    Only what a request *changes* is judged, so the operator's own writes (finalizers,
+    recreating an object after a cancelled deletion) always pass.
+    """
+    body = new if new is not None else old
+    if body is None:
+        return None
+    meta = body.get("metadata") or {}
+    spec = body.get("spec") or {}
+    name = meta.get("name")
+    is_default = (meta.get("labels") or {}).get(DEFAULT_LABEL) == "true"
+    was_default = (
+        old is not None
+        and ((old.get("metadata") or {}).get("labels") or {}).get(DEFAULT_LABEL) == "true"
+    )
+    if operation == "DELETE":
+        return "default keys cannot be deleted" if was_default else None
+    if was_default and not is_default:
+        return f"the {DEFAULT_LABEL} label of a default key cannot be removed"
+    old_spec = (old or {}).get("spec") or {}
+    if is_default and operation == "UPDATE":
+        if spec.get("enabled") is False and old_spec.get("enabled") is not False:
+            return "default keys cannot be disabled (spec.enabled must stay true)"
+        before = ((old or {}).get("metadata") or {}).get("annotations") or {}
+        after = meta.get("annotations") or {}
+        if after.get(ROTATE_ANNOTATION) != before.get(ROTATE_ANNOTATION):
+            return "default keys cannot be rotated on demand (kms.cmk.dev/rotate)"
+    added = set(spec.get("aliases") or ()) - set(old_spec.get("aliases") or ())
+    for alias in sorted(added):
+        if alias.startswith(DEFAULT_ALIAS_PREFIX) and not is_default:
+            return (
+                f"spec.aliases: {alias!r} is reserved: {DEFAULT_ALIAS_PREFIX}… names default keys"
+            )
+        others = alias_owners.get(alias, set()) - {name}
+        if others:
+            return (
+                f"spec.aliases: {alias!r} already names key {', '.join(sorted(others))} "
+                "in this namespace"
+            )
+    return None
+
+
+def validate(**kwargs: Any) -> None:
+    old, new, namespace = kwargs["old"], kwargs["new"], kwargs["namespace"]
+    try:
+        index: kopf.Index[tuple[str | None, str], str | None] = kwargs["cmk_aliases"]
+        body = new if new is not None else old
+        aliases = (body or {}).get("spec", {}).get("aliases") or ()
+        owners = {a: {str(n) for n in index.get((namespace, a), [])} for a in aliases}
+        problem = admission_problem(kwargs.get("operation") or "", old, new, owners)
+    except Exception:
+        # A fault of ours must not block every write (the operator's own included): admit,
+        # and let the reconciliation refuse with Events and conditions as without a webhook.
+        log.exception("admission check failed; admitting the request")
+        return
+    if problem is not None:
+        raise kopf.AdmissionError(problem, code=422)
+
+
+def register_admission() -> None:
+    """Add the validating webhook; only with a webhook server (Kopf refuses one without)."""
+    kopf.on.validate(
+        GROUP,
+        VERSION,
+        CMK_PLURAL,
+        id="cmk-admission",
+        registry=registry,
+        operations=["CREATE", "UPDATE", "DELETE"],
+        # When the operator is down, requests pass; Events and conditions still explain.
+        ignore_failures=True,
+    )(validate)
+
+
 # -- drift ---------------------------------------------------------------------------------
 
 

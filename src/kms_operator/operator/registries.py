@@ -7,6 +7,7 @@ from typing import Any
 
 import kopf
 
+from kms_operator.api.tls import ServingTls
 from kms_operator.kube.client import ConnectionParameters
 from kms_operator.kube.objects import GROUP
 from kms_operator.settings import Settings
@@ -31,7 +32,9 @@ def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
     )
 
 
-def operator_settings(config: Settings) -> kopf.OperatorSettings:
+def operator_settings(
+    config: Settings, webhook_tls: ServingTls | None = None
+) -> kopf.OperatorSettings:
     settings = kopf.OperatorSettings()
     # Our prefix everywhere (DESIGN.md section 7): Kopf's own finalizer is never added since
     # no deletion handler is registered, but it must not use Kopf's name if it ever is.
@@ -48,4 +51,15 @@ def operator_settings(config: Settings) -> kopf.OperatorSettings:
     settings.batching.worker_limit = config.max_workers
     settings.posting.level = logging.INFO
     settings.execution.max_workers = config.max_workers
+    if webhook_tls is not None:
+        settings.admission.server = kopf.WebhookServer(
+            addr=config.api_host,
+            port=config.webhook_port,
+            host=config.webhook_host
+            or f"{config.api_service_name}.{config.operator_namespace}.svc",
+            certfile=str(webhook_tls.cert_file),
+            pkeyfile=str(webhook_tls.key_file),
+            cadata=webhook_tls.ca_pem,
+        )
+        settings.admission.managed = GROUP
     return settings

@@ -8,6 +8,7 @@ import logging
 
 import kopf
 
+from kms_operator.api import tls
 from kms_operator.api.server import start_api_server
 from kms_operator.keys.clock import Timescale
 from kms_operator.keys.service import KeyService
@@ -58,10 +59,14 @@ async def _serve(settings: Settings, service: KeyService) -> None:
         api.mark_ready()
         log.info("data-plane API listening on %s", api.url)
     await asyncio.to_thread(customermasterkeys.report_keys_without_objects, runtime)
+    webhook_tls = None
+    if settings.webhook_enabled:
+        webhook_tls = await asyncio.to_thread(tls.load_or_generate, settings)
+        customermasterkeys.register_admission()
     operator = asyncio.create_task(
         kopf.operator(
             registry=registry,
-            settings=operator_settings(settings),
+            settings=operator_settings(settings, webhook_tls),
             memo=kopf.Memo(runtime=runtime),
             clusterwide=not settings.namespaces,
             namespaces=settings.namespaces,
