@@ -18,6 +18,7 @@ import struct
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 from kms_operator.errors import InvalidCiphertext, InvalidRequest
 
@@ -31,21 +32,50 @@ MAX_PLAINTEXT = 4096
 
 log = logging.getLogger(__name__)
 
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
 EncryptionContext = Mapping[str, str]
+
+_CONTEXT_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+#: Bounded memos of the hot path (contexts seen, key ids parsed); cleared when full, so a
+#: caller sending ever-new values costs only the work the memo would have saved.
+_MEMO_LIMIT = 1024
+_CANONICAL: dict[tuple[tuple[str, str], ...], bytes] = {}
+_KEY_IDS: dict[bytes, uuid.UUID] = {}
+
+
+def _remember(memo: dict[_K, _V], key: _K, value: _V) -> None:
+    if len(memo) >= _MEMO_LIMIT:
+        memo.clear()
+    memo[key] = value
 
 
 def canonical_context(context: EncryptionContext | None) -> bytes:
     """UTF-8 JSON with sorted keys and no spaces; an empty or absent context is ``b""``."""
     if not context:
         return b""
-    text = json.dumps(dict(context), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    items = tuple(context.items())
+    # Contexts repeat (one per DataKey, per caller), so the encoding is remembered. Only
+    # all-string contexts are stored (1 == True would otherwise share an entry between two
+    # encodings), and no other type compares equal to a string, so a hit is always right.
     try:
-        return text.encode("utf-8")
+        cached = _CANONICAL.get(items)
+    except TypeError:  # an unhashable value: encode without the memo
+        cached = None
+    if cached is not None:
+        return cached
+    text = _CONTEXT_ENCODER.encode(dict(items))
+    try:
+        encoded = text.encode("utf-8")
     except UnicodeEncodeError:
         # A lone surrogate (JSON "\ud800") has no UTF-8 form: a bad request, not a crash.
         raise InvalidRequest(
             "the encryption context must be valid Unicode text", field="encryptionContext"
         ) from None
+    if all(type(k) is str and type(v) is str for k, v in items):
+        _remember(_CANONICAL, items, encoded)
+    return encoded
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,11 +93,15 @@ def parse_header(blob: bytes) -> BlobHeader:
     if len(blob) < HEADER_SIZE + TAG_SIZE:
         log.debug("invalid ciphertext: %d bytes is shorter than header and tag", len(blob))
         raise InvalidCiphertext()
-    magic, key_id, version, nonce = _HEADER.unpack_from(blob)
+    magic, raw_key_id, version, nonce = _HEADER.unpack_from(blob)
     if magic != MAGIC:
         log.debug("invalid ciphertext: unknown format prefix")
         raise InvalidCiphertext()
-    return BlobHeader(uuid.UUID(bytes=key_id), version, nonce)
+    key_id = _KEY_IDS.get(raw_key_id)
+    if key_id is None:
+        key_id = uuid.UUID(bytes=raw_key_id)
+        _remember(_KEY_IDS, raw_key_id, key_id)
+    return BlobHeader(key_id, version, nonce)
 
 
 def seal(
@@ -92,9 +126,15 @@ def open_sealed(
     aead: primitives.Aead,
     blob: bytes,
     context: EncryptionContext | None = None,
+    *,
+    header: BlobHeader | None = None,
 ) -> bytes:
-    """Decrypt a blob whose header was already matched to ``aead``'s key and version."""
-    header = parse_header(blob)
+    """Decrypt a blob whose header was already matched to ``aead``'s key and version.
+
+    ``header`` is ``parse_header(blob)`` when the caller has it already.
+    """
+    if header is None:
+        header = parse_header(blob)
     try:
         return aead.decrypt(
             header.nonce, blob[HEADER_SIZE:], blob[:HEADER_SIZE] + canonical_context(context)

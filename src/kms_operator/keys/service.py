@@ -635,8 +635,12 @@ class KeyService:
     def decrypt(
         self, ciphertext_blob: bytes, context: Mapping[str, str] | None = None
     ) -> DecryptResult:
-        record = self.key_of_blob(ciphertext_blob)
-        version = blobs.parse_header(ciphertext_blob).version
+        header = blobs.parse_header(ciphertext_blob)
+        record = self._keys.get(header.key_id)
+        if record is None:
+            log.debug("invalid ciphertext: unknown key id %s", header.key_id)
+            raise InvalidCiphertext()
+        version = header.version
         self._require_usable(record, "decrypt")
         found = record.version(version)
         if found is None or found.state is VersionState.DESTROYED:
@@ -647,7 +651,9 @@ class KeyService:
                 f"key {record.namespace}/{record.name} version {version} has no material: "
                 "import the same material again to decrypt"
             )
-        plaintext = blobs.open_sealed(self._aead(record, version), ciphertext_blob, context)
+        plaintext = blobs.open_sealed(
+            self._aead(record, version), ciphertext_blob, context, header=header
+        )
         return DecryptResult(plaintext, record.key_id, version)
 
     def generate_data_key(
