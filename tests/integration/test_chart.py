@@ -25,6 +25,8 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "kms-operator"
+#: (verb, resource[/name], extra kubectl auth can-i arguments)
+Case = tuple[str, str, list[str]]
 CRD_NAMES = (
     "customermasterkeys.kms.cmk.dev",
     "keymaterialimports.kms.cmk.dev",
@@ -302,12 +304,12 @@ def test_rbac_for_the_webhook(
     namespace = make_namespace()
     release, _ = _install_rendered(tools, cluster_scoped, namespace, "webhook.enabled=true")
     sa = f"{namespace}:{release}"
-    granted = [
+    granted: list[Case] = [
         ("create", "validatingwebhookconfigurations.admissionregistration.k8s.io", []),
         ("patch", "validatingwebhookconfigurations.admissionregistration.k8s.io/kms.cmk.dev", []),
         ("patch", "mutatingwebhookconfigurations.admissionregistration.k8s.io/kms.cmk.dev", []),
     ]
-    refused = [
+    refused: list[Case] = [
         ("patch", "validatingwebhookconfigurations.admissionregistration.k8s.io/other", []),
         ("delete", "validatingwebhookconfigurations.admissionregistration.k8s.io", []),
         ("list", "mutatingwebhookconfigurations.admissionregistration.k8s.io", []),
@@ -318,8 +320,8 @@ def test_rbac_for_the_webhook(
 def _check(
     tools: Tools,
     sa: str,
-    granted: list[tuple[str, str, list[str]]],
-    refused: list[tuple[str, str, list[str]]],
+    granted: list[Case],
+    refused: list[Case],
 ) -> None:
     wrong = [
         f"{'refused' if expected else 'allowed'}: {verb} {resource} {' '.join(where)}"
