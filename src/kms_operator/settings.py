@@ -51,6 +51,7 @@ class Settings:
     webhook_host: str | None = None
 
     # Kopf tuning (DESIGN.md section 7).
-    max_workers: int = 20
+    #: Objects handled at once (Kopf's worker limit).
+    max_workers: int = 100
     watch_server_timeout: int = 300
     watch_client_timeout: int = 330

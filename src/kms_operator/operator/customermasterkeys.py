@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Mapping
@@ -19,7 +20,7 @@ from typing import Any
 
 import kopf
 
-from kms_operator.errors import DefaultKeyProtected, KmsError
+from kms_operator.errors import AliasConflict, DefaultKeyProtected, InvalidRequest, KmsError
 from kms_operator.keys.service import (
     DEFAULT_ALIAS_PREFIX,
     DEFAULT_PENDING_WINDOW_DAYS,
@@ -137,16 +138,7 @@ async def _reconcile(body: kopf.Body, patch: kopf.Patch, runtime: Runtime, *, ro
     if record is None:
         try:
             record = await asyncio.to_thread(
-                service.create_key,
-                namespace,
-                name,
-                origin=spec.origin,
-                description=spec.description,
-                enabled=spec.enabled or default_service is not None,
-                default_service=default_service,
-                aliases=tuple(a for a in spec.aliases if a.startswith(DEFAULT_ALIAS_PREFIX))
-                if default_service
-                else (),
+                _create, service, namespace, name, spec, default_service
             )
         except KmsError as exc:
             raise _handler_error(exc) from None
@@ -184,6 +176,31 @@ async def _reconcile(body: kopf.Body, patch: kopf.Patch, runtime: Runtime, *, ro
         )
     )
     runtime.scheduler.wake()
+
+
+def _create(
+    service: KeyService,
+    namespace: str,
+    name: str,
+    spec: CustomerMasterKeySpec,
+    default_service: str | None,
+) -> KeyRecord:
+    """Create the key with its whole spec in one transaction when the spec is valid; else
+    create it bare, and let the field-by-field apply report what is wrong."""
+    create = functools.partial(
+        service.create_key,
+        namespace,
+        name,
+        origin=spec.origin,
+        description=spec.description,
+        enabled=spec.enabled or default_service is not None,
+        default_service=default_service,
+    )
+    try:
+        return create(aliases=spec.aliases, rotation_period_days=spec.rotation_period_days)
+    except (InvalidRequest, AliasConflict):
+        reserved = tuple(a for a in spec.aliases if a.startswith(DEFAULT_ALIAS_PREFIX))
+        return create(aliases=reserved if default_service else ())
 
 
 async def _apply_spec(
@@ -533,12 +550,17 @@ def register_admission() -> None:
 
 def report_keys_without_objects(runtime: Runtime) -> int:
     """At start-up: every live key in the store whose object is gone gets an Event and a log."""
-    present = {
-        (item["metadata"]["namespace"], item["metadata"]["name"])
-        for item in runtime.objects.list_cmks()
-    }
+    watched = runtime.settings.namespaces
+    items = (
+        [item for ns in watched for item in runtime.objects.list_cmks(ns)]
+        if watched
+        else runtime.objects.list_cmks()
+    )
+    present = {(item["metadata"]["namespace"], item["metadata"]["name"]) for item in items}
     missing = 0
     for record in runtime.service.keys():
+        if watched and record.namespace not in watched:
+            continue
         if record.state is KeyState.DESTROYED or (record.namespace, record.name) in present:
             continue
         missing += 1

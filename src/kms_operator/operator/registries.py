@@ -48,9 +48,13 @@ def operator_settings(
     settings.watching.server_timeout = config.watch_server_timeout
     settings.watching.client_timeout = config.watch_client_timeout
     settings.watching.connect_timeout = 30
+    # A per-object worker holds its slot while idle; Kopf's default 5 s idle time with a
+    # bounded pool would admit only worker_limit objects every 5 s.
     settings.batching.worker_limit = config.max_workers
-    settings.posting.level = logging.INFO
-    settings.execution.max_workers = config.max_workers
+    settings.batching.idle_timeout = 0.5
+    # Kopf's own per-handler log lines stay logs; our Events are posted explicitly.
+    settings.posting.level = logging.WARNING
+    settings.execution.max_workers = 8  # threads for sync handlers; ours are async
     if webhook_tls is not None:
         settings.admission.server = kopf.WebhookServer(
             addr=config.api_host,

@@ -78,7 +78,8 @@ async def _serve(settings: Settings, service: KeyService) -> None:
     try:
         done, _ = await asyncio.wait({operator, timers}, return_when=asyncio.FIRST_COMPLETED)
         for task in done:
-            task.result()  # re-raise a crash of either
+            if not task.cancelled():  # Kopf cancels its siblings when it stops on a signal
+                task.result()  # re-raise a crash of either
     finally:
         for task in (operator, timers):
             task.cancel()

@@ -26,7 +26,15 @@ FINALIZER = "kms.cmk.dev/scheduled-deletion"
 
 
 class DeadlineScheduler:
-    def __init__(self, service: KeyService, objects: Objects, *, max_sleep: float = 30.0) -> None:
+    def __init__(
+        self,
+        service: KeyService,
+        objects: Objects,
+        *,
+        max_sleep: float = 30.0,
+        coalesce: float = 0.2,
+    ) -> None:
+        self._coalesce = coalesce
         self._service = service
         self._objects = objects
         self._max_sleep = max_sleep
@@ -40,6 +48,8 @@ class DeadlineScheduler:
     async def run(self) -> None:
         while True:
             self._wakeup.clear()
+            # Coalesce a burst of wake-ups (1,000 keys applied at once) into one scan.
+            await asyncio.sleep(self._coalesce)
             for namespace, name in list(self._unreleased):
                 await asyncio.to_thread(self._release, namespace, name)
             now = self._service.clock.now()
