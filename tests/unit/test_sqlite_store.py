@@ -467,7 +467,7 @@ def test_destroy_shreds_everything(
     store.create(victim, victim_material)
     store.create(bystander, bystander_material)
     params = _params(victim.key_id, "tok-victim")
-    store.save_import_parameters(params, private_pem)
+    store.save_import_parameters(params, private_pem, now=T0)
     wrapped = [_wrapped(db_path, victim.key_id, n) for n in (1, 2, 3)]
     fingerprints = [v.fingerprint for v in victim.versions]
     wrapped_private = _wrapped_private_key(db_path, "tok-victim")
@@ -572,7 +572,7 @@ def test_import_parameters_round_trip(
     record = _record(origin=Origin.EXTERNAL)
     store.create(record, {})
     params = _params(record.key_id, "kmsit1_abc")
-    store.save_import_parameters(params, private_pem)
+    store.save_import_parameters(params, private_pem, now=T0)
     loaded = store.load_import_parameters("kmsit1_abc")
     assert loaded == (params, private_pem)
     assert store.load_import_parameters("kmsit1_other") is None
@@ -588,8 +588,12 @@ def test_import_parameters_round_trip(
 def test_expired_import_parameters_are_pruned(store: SqliteKeyStore, private_pem: bytes) -> None:
     record = _record(origin=Origin.EXTERNAL)
     store.create(record, {})
-    old = _params(record.key_id, "old", T0)
-    store.save_import_parameters(old, private_pem)
-    store.save_import_parameters(_params(record.key_id, "new", T0 + timedelta(days=2)), private_pem)
-    assert store.load_import_parameters("old") is None
+    store.save_import_parameters(_params(record.key_id, "old", T0), private_pem, now=T0)
+    valid = _params(record.key_id, "valid", T0 + timedelta(days=3))
+    store.save_import_parameters(valid, private_pem, now=T0)
+    later = T0 + timedelta(days=1)
+    new = _params(record.key_id, "new", T0 + timedelta(days=2))
+    store.save_import_parameters(new, private_pem, now=later)
+    assert store.load_import_parameters("old") is None  # expired: pruned
+    assert store.load_import_parameters("valid") is not None  # still valid: kept
     assert store.load_import_parameters("new") is not None

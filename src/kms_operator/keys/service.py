@@ -456,6 +456,7 @@ class KeyService:
         with self._lock:
             record = self._importable(key_id)
             private_pem, public_pem = wrapping.generate_wrapping_key(key_spec)
+            now = self.clock.now()
             params = ImportParameters(
                 token="kmsit1_"
                 + base64.urlsafe_b64encode(primitives.random_bytes(24)).decode().rstrip("="),
@@ -463,9 +464,9 @@ class KeyService:
                 wrapping_algorithm=algorithm.value,
                 wrapping_key_spec=key_spec.value,
                 public_key_pem=public_pem.decode(),
-                expires_at=self.clock.now() + self.timescale.days(IMPORT_PARAMETERS_VALID_DAYS),
+                expires_at=now + self.timescale.days(IMPORT_PARAMETERS_VALID_DAYS),
             )
-            self._store.save_import_parameters(params, private_pem)
+            self._store.save_import_parameters(params, private_pem, now=now)
             return params
 
     def import_material(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Collection, Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -38,7 +39,10 @@ class KeyStore(Protocol):
 
     def load_material(self, key_id: uuid.UUID, version: int) -> bytes | None: ...
 
-    def save_import_parameters(self, params: ImportParameters, private_key_pem: bytes) -> None: ...
+    def save_import_parameters(
+        self, params: ImportParameters, private_key_pem: bytes, *, now: datetime
+    ) -> None:
+        """Keep new parameters (private key wrapped); drop this key's expired ones."""
 
     def load_import_parameters(self, token: str) -> tuple[ImportParameters, bytes] | None: ...
 

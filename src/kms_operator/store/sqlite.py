@@ -342,12 +342,15 @@ class SqliteKeyStore:
             )
         self._checkpoint()
 
-    def save_import_parameters(self, params: ImportParameters, private_key_pem: bytes) -> None:
+    def save_import_parameters(
+        self, params: ImportParameters, private_key_pem: bytes, *, now: datetime
+    ) -> None:
         with self._transaction() as conn:
-            # Parameters that expired are useless; drop them with each new set.
+            # Parameters that expired are useless; drop them with each new set. Still-valid
+            # ones stay: a user may be wrapping material under an earlier public key.
             conn.execute(
-                "DELETE FROM import_parameters WHERE key_id = ? AND expires_at < ?",
-                (str(params.key_id), params.expires_at.isoformat()),
+                "DELETE FROM import_parameters WHERE key_id = ? AND expires_at <= ?",
+                (str(params.key_id), now.isoformat()),
             )
             conn.execute(
                 "INSERT INTO import_parameters (token, key_id, wrapping_algorithm, "
