@@ -324,3 +324,29 @@ def test_object_whose_key_is_missing_from_the_store_is_reported(
             backup, operator_process.store_path, load_root_key_file(operator_process.root_key_file)
         )
         operator_process.start()
+
+
+def test_key_whose_object_is_gone_is_reported_at_start(
+    operator_process: OperatorProcess, cmks: Cmks, namespace: str, kube_api: client.ApiClient
+) -> None:
+    cmks.create(namespace, "abandoned")
+    key_id = cmks.wait_state(namespace, "abandoned", "Enabled")["keyId"]
+    operator_process.stop()
+    # The object disappears behind the operator's back (finalizer stripped by hand).
+    cmks.patch(namespace, "abandoned", {"metadata": {"finalizers": None}})
+    cmks.delete(namespace, "abandoned")
+    wait_for(lambda: cmks.get(namespace, "abandoned") is None, what="the object gone")
+    operator_process.start()
+    events = wait_for(
+        lambda: [
+            e for e in _events(kube_api, namespace, "abandoned") if e.reason == "KeyWithoutObject"
+        ],
+        what="the drift event",
+    )
+    assert key_id in events[0].message
+    # The key itself is kept, not destroyed: drift is reported, never papered over.
+    operator_process.stop()
+    record = _store_view(operator_process).find(namespace, "abandoned")
+    assert record is not None and str(record.key_id) == key_id
+    assert record.state.value == "Enabled"
+    operator_process.start()

@@ -404,8 +404,8 @@ def _handle_deletion(runtime: Runtime, body: dict[str, Any]) -> None:
             type_="Warning",
             reason=conditions.DELETION_SCHEDULED,
             message=f"key {record.key_id} will be destroyed at "
-            f"{conditions.rfc3339(record.deletion_date)}; annotate "
-            f"{CANCEL_DELETION_ANNOTATION}=true to cancel",
+            f"{conditions.rfc3339(record.deletion_date)} (a namespace being deleted waits "
+            f"until then); annotate {CANCEL_DELETION_ANNOTATION}=true to cancel",
         )
     runtime.scheduler.wake()
 
