@@ -18,7 +18,8 @@ from kms_operator.settings import Settings
 from kms_operator.store.rootkey import load_root_key_file
 from kms_operator.store.sqlite import SqliteKeyStore
 
-from . import customermasterkeys
+# Importing a kind's module registers its handlers in the one registry.
+from . import customermasterkeys, datakeys, keymaterialimports  # noqa: F401
 from .registries import operator_settings, registry
 from .runtime import Runtime
 from .scheduling import DeadlineScheduler

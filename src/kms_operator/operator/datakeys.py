@@ -1,0 +1,1 @@
+"""Kopf handlers for ``DataKey``: being written."""

@@ -1,0 +1,1 @@
+"""Kopf handlers for ``KeyMaterialImport`` (EXTERNAL keys): being written."""
