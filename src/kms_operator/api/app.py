@@ -14,7 +14,7 @@ from kms_operator.keys.service import KeyService
 from . import crypto_routes, health, keys_routes, openapi
 from .audit import AuditSink
 from .auth import Authenticator, Authorizer
-from .calls import STATE, ApiState, error_middleware
+from .calls import NO_ROUTE, STATE, ApiState, no_route
 from .metrics import ApiMetrics
 
 #: Largest request body: a 4096-byte plaintext in base64 plus a generous encryption context.
@@ -29,7 +29,7 @@ def create_app(
     audit: AuditSink,
     max_body_bytes: int = MAX_BODY_BYTES,
 ) -> web.Application:
-    app = web.Application(client_max_size=max_body_bytes, middlewares=[error_middleware])
+    app = web.Application(client_max_size=max_body_bytes)
     app[STATE] = ApiState(
         service=service,
         authenticator=authenticator,
@@ -42,6 +42,7 @@ def create_app(
     keys_routes.add_routes(app)
     health.add_routes(app)
     openapi.add_routes(app)
+    app.router.add_route("*", "/{path:.*}", no_route, name=NO_ROUTE)
     return app
 
 

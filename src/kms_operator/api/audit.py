@@ -14,10 +14,21 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
+
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_second: list[object] = [None, ""]
+
+
+def timestamp(now: float) -> str:
+    """RFC 3339 UTC with milliseconds (``2026-01-01T12:00:00.123Z``), cheap per call."""
+    whole = int(now)
+    if _second[0] != whole:
+        _second[0], _second[1] = whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+    return f"{_second[1]}.{int((now - whole) * 1000):03d}Z"
 
 
 @dataclass(slots=True)
@@ -37,10 +48,9 @@ class AuditRecord:
     outcome: str = "error"
     error_code: str | None = None
 
-    def to_json(self, now: datetime | None = None) -> str:
-        when = (now or datetime.now(UTC)).isoformat(timespec="milliseconds")
+    def to_json(self, now: float | None = None) -> str:
         line: dict[str, object] = {
-            "time": when.replace("+00:00", "Z"),
+            "time": timestamp(time.time() if now is None else now),
             "requestId": self.request_id,
             "caller": self.caller,
             "operation": self.operation,
@@ -59,7 +69,7 @@ class AuditRecord:
                 "keyId": self.source_key_id,
                 "keyVersion": self.source_key_version,
             }
-        return json.dumps(line, separators=(",", ":"), ensure_ascii=False)
+        return _encode(line)
 
 
 class AuditSink(Protocol):

@@ -32,7 +32,7 @@ async def _encrypt(call: Call) -> Answer:
     call.audit.key_version = result.key_version
     return {
         "ciphertextBlob": models.b64(result.ciphertext_blob),
-        "keyId": str(result.key_id),
+        "keyId": calls.uuid_text(result.key_id),
         "keyVersion": result.key_version,
     }
 
@@ -53,7 +53,7 @@ async def _generate_data_key(call: Call) -> Answer:
     call.audit.key_version = result.key_version
     answer: Answer = {
         "ciphertextBlob": models.b64(result.ciphertext_blob),
-        "keyId": str(result.key_id),
+        "keyId": calls.uuid_text(result.key_id),
         "keyVersion": result.key_version,
     }
     if result.plaintext is not None:
@@ -70,7 +70,7 @@ async def _decrypt(call: Call) -> Answer:
     result = call.service.decrypt(body.ciphertext_blob, body.encryption_context)
     return {
         "plaintext": models.b64(result.plaintext),
-        "keyId": str(result.key_id),
+        "keyId": calls.uuid_text(result.key_id),
         "keyVersion": result.key_version,
     }
 
@@ -93,9 +93,9 @@ async def _re_encrypt(call: Call) -> Answer:
     call.audit.key_version = result.key_version
     return {
         "ciphertextBlob": models.b64(result.ciphertext_blob),
-        "keyId": str(result.key_id),
+        "keyId": calls.uuid_text(result.key_id),
         "keyVersion": result.key_version,
-        "sourceKeyId": str(result.source_key_id),
+        "sourceKeyId": calls.uuid_text(result.source_key_id),
         "sourceKeyVersion": result.source_key_version,
     }
 

@@ -65,11 +65,12 @@ class RandomRequest:
 
 
 def _load(raw: bytes) -> dict[str, object]:
-    if not raw.strip():
-        return {}
     try:
-        value = json.loads(raw)
-    except ValueError:
+        text = raw.decode("utf-8")
+        if not text or text.isspace():
+            return {}
+        value = json.loads(text)
+    except ValueError:  # UnicodeDecodeError and JSONDecodeError both are
         raise InvalidRequest("the request body is not valid JSON", field="body") from None
     if not isinstance(value, dict):
         raise InvalidRequest("the request body must be a JSON object", field="body")
