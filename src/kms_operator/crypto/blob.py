@@ -26,6 +26,7 @@ from . import primitives
 
 MAGIC = b"KMS1"
 _HEADER = struct.Struct(">4s16sI12s")
+_PREFIX_SIZE = 24  # magic, key id, version: the same for every blob of one key version
 HEADER_SIZE = _HEADER.size  # 36
 TAG_SIZE = 16
 MAX_PLAINTEXT = 4096
@@ -120,6 +121,45 @@ def seal(
         raise ValueError("the nonce is 12 bytes")
     header = _HEADER.pack(MAGIC, key_id.bytes, version, nonce)
     return header + aead.encrypt(nonce, plaintext, header + canonical_context(context))
+
+
+def header_prefix(key_id: uuid.UUID, version: int) -> bytes:
+    """The fixed part of every header for one key version: magic, key id, version."""
+    return MAGIC + key_id.bytes + struct.pack(">I", version)
+
+
+def header_prefix_of(blob: bytes) -> bytes | None:
+    """The first 24 bytes of a blob long enough to be one, else None (not yet judged)."""
+    if len(blob) < HEADER_SIZE + TAG_SIZE:
+        return None
+    return blob[:_PREFIX_SIZE]
+
+
+def seal_prefixed(
+    aead: primitives.Aead,
+    prefix: bytes,
+    plaintext: bytes,
+    context: EncryptionContext | None = None,
+) -> bytes:
+    """:func:`seal` for callers that keep the key version's :func:`header_prefix`."""
+    nonce = primitives.random_bytes(primitives.NONCE_SIZE)
+    header = prefix + nonce
+    return header + aead.encrypt(nonce, plaintext, header + canonical_context(context))
+
+
+def open_prefixed(
+    aead: primitives.Aead, blob: bytes, context: EncryptionContext | None = None
+) -> bytes:
+    """:func:`open_sealed` for a blob whose prefix was already matched to ``aead``."""
+    try:
+        return aead.decrypt(
+            blob[_PREFIX_SIZE:HEADER_SIZE],
+            blob[HEADER_SIZE:],
+            blob[:HEADER_SIZE] + canonical_context(context),
+        )
+    except primitives.AuthenticationFailed:
+        log.debug("invalid ciphertext: authentication failed")
+        raise InvalidCiphertext() from None
 
 
 def open_sealed(

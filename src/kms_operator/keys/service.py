@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from kms_operator.crypto import blob as blobs
 from kms_operator.crypto import primitives, wrapping
@@ -136,6 +137,12 @@ class KeyService:
         self._by_name: dict[tuple[str, str], uuid.UUID] = {}
         self._by_alias: dict[tuple[str, str], uuid.UUID] = {}
         self._aeads: dict[tuple[uuid.UUID, int], primitives.Aead] = {}
+        # Fast paths, filled by the first successful slow-path call and dropped whenever the
+        # key's record changes: they hold only versions that are usable right now without a
+        # clock read (Enabled key, material present, no validTo), so using them skips no check.
+        self._encrypt_hits: dict[tuple[str, str], tuple[KeyRecord, int, bytes]] = {}
+        self._decrypt_hits: dict[bytes, tuple[KeyRecord, int, primitives.Aead]] = {}
+        self._hits_of: dict[uuid.UUID, list[tuple[dict[Any, Any], Any]]] = {}
         for record in store.list_keys():
             self._remember(record)
 
@@ -626,22 +633,35 @@ class KeyService:
                 f"plaintext is {len(plaintext)} bytes; at most {MAX_PLAINTEXT} are accepted",
                 field="plaintext",
             )
-        record = self.resolve(namespace, reference)
-        version = self._current_usable_version(record, "encrypt")
-        aead = self._aead(record, version)
+        hit = self._encrypt_hits.get((namespace, reference))
+        if hit is None:
+            record = self.resolve(namespace, reference)
+            version = self._current_usable_version(record, "encrypt")
+            prefix = blobs.header_prefix(record.key_id, version)
+            self._aead(record, version)
+            hit = (record, version, prefix)
+            if self._fast(record, version):
+                self._remember_hit(record.key_id, (namespace, reference), hit, self._encrypt_hits)
+        record, version, prefix = hit
+        aead = self._aeads[(record.key_id, version)]
         return EncryptResult(
-            blobs.seal(aead, record.key_id, version, plaintext, context), record.key_id, version
+            blobs.seal_prefixed(aead, prefix, plaintext, context), record.key_id, version
         )
 
     def decrypt(
         self, ciphertext_blob: bytes, context: Mapping[str, str] | None = None
     ) -> DecryptResult:
+        prefix = blobs.header_prefix_of(ciphertext_blob)
+        hit = self._decrypt_hits.get(prefix) if prefix is not None else None
+        if hit is not None:
+            plaintext = blobs.open_prefixed(hit[2], ciphertext_blob, context)
+            return DecryptResult(plaintext, hit[0].key_id, hit[1])
         header = blobs.parse_header(ciphertext_blob)
-        record = self._keys.get(header.key_id)
-        if record is None:
+        found_record = self._keys.get(header.key_id)
+        if found_record is None:
             log.debug("invalid ciphertext: unknown key id %s", header.key_id)
             raise InvalidCiphertext()
-        version = header.version
+        record, version = found_record, header.version
         self._require_usable(record, "decrypt")
         found = record.version(version)
         if found is None or found.state is VersionState.DESTROYED:
@@ -652,9 +672,10 @@ class KeyService:
                 f"key {record.namespace}/{record.name} version {version} has no material: "
                 "import the same material again to decrypt"
             )
-        plaintext = blobs.open_sealed(
-            self._aead(record, version), ciphertext_blob, context, header=header
-        )
+        aead = self._aead(record, version)
+        plaintext = blobs.open_sealed(aead, ciphertext_blob, context, header=header)
+        if prefix is not None and self._fast(record, version):
+            self._remember_hit(record.key_id, prefix, (record, version, aead), self._decrypt_hits)
         return DecryptResult(plaintext, record.key_id, version)
 
     def generate_data_key(
@@ -730,6 +751,23 @@ class KeyService:
             return False
         # Material past its validTo is refused at once, even before the timer deletes it.
         return version.expires_at is None or self.clock.now() < version.expires_at
+
+    @staticmethod
+    def _fast(record: KeyRecord, version: int) -> bool:
+        found = record.version(version)
+        return (
+            record.state is KeyState.ENABLED
+            and found is not None
+            and found.state is VersionState.ENABLED
+            and found.expires_at is None
+        )
+
+    def _remember_hit(self, key_id: uuid.UUID, where: Any, hit: Any, hits: dict[Any, Any]) -> None:
+        with self._lock:
+            if self._keys.get(key_id) is not hit[0]:
+                return  # the record changed while this call ran: do not cache a stale one
+            hits[where] = hit
+            self._hits_of.setdefault(key_id, []).append((hits, where))
 
     def _aead(self, record: KeyRecord, version: int) -> primitives.Aead:
         aead = self._aeads.get((record.key_id, version))
@@ -812,6 +850,8 @@ class KeyService:
         return record
 
     def _remember(self, record: KeyRecord, material: Mapping[int, bytes] | None = None) -> None:
+        for hits, where in self._hits_of.pop(record.key_id, ()):
+            hits.pop(where, None)
         previous = self._keys.get(record.key_id)
         if previous is not None:
             for alias in previous.aliases:
