@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_quote = json.encoder.encode_basestring
 _second: list[object] = [None, ""]
 
 
@@ -49,27 +49,37 @@ class AuditRecord:
     error_code: str | None = None
 
     def to_json(self, now: float | None = None) -> str:
-        line: dict[str, object] = {
-            "time": timestamp(time.time() if now is None else now),
-            "requestId": self.request_id,
-            "caller": self.caller,
-            "operation": self.operation,
-            "namespace": self.namespace,
-            "keyName": self.key_name,
-            "keyId": self.key_id,
-            "keyVersion": self.key_version,
-            "outcome": self.outcome,
-            "errorCode": self.error_code,
-            "remoteAddress": self.remote_address,
-        }
+        # Built by hand (strings escaped by the json module's C encoder): this runs on every
+        # call, before the answer, and is twice as fast as encoding a dict.
+        line = (
+            f'{{"time":"{timestamp(time.time() if now is None else now)}"'
+            f',"requestId":{_text(self.request_id)}'
+            f',"caller":{_text(self.caller)}'
+            f',"operation":{_text(self.operation)}'
+            f',"namespace":{_text(self.namespace)}'
+            f',"keyName":{_text(self.key_name)}'
+            f',"keyId":{_text(self.key_id)}'
+            f',"keyVersion":{_number(self.key_version)}'
+            f',"outcome":{_text(self.outcome)}'
+            f',"errorCode":{_text(self.error_code)}'
+            f',"remoteAddress":{_text(self.remote_address)}'
+        )
         if self.source_key_id is not None or self.source_key_name is not None:
-            line["source"] = {
-                "namespace": self.source_namespace,
-                "keyName": self.source_key_name,
-                "keyId": self.source_key_id,
-                "keyVersion": self.source_key_version,
-            }
-        return _encode(line)
+            line += (
+                f',"source":{{"namespace":{_text(self.source_namespace)}'
+                f',"keyName":{_text(self.source_key_name)}'
+                f',"keyId":{_text(self.source_key_id)}'
+                f',"keyVersion":{_number(self.source_key_version)}}}'
+            )
+        return line + "}"
+
+
+def _text(value: str | None) -> str:
+    return "null" if value is None else _quote(value)
+
+
+def _number(value: int | None) -> str:
+    return "null" if value is None else str(int(value))
 
 
 class AuditSink(Protocol):

@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 API_GROUP = "kms.cmk.dev"
 RESOURCE = "customermasterkeys"
 
+_MISS = object()
+
 TokenReviewFn = Callable[[str], UserInfo | None]
 AccessReviewFn = Callable[[UserInfo, str, str, str | None], AccessDecision]
 
@@ -83,6 +85,13 @@ class TokenReviewAuthenticator:
         self.cache: TtlCache[bytes, UserInfo | None] = TtlCache(cache_seconds)
 
     async def authenticate(self, token: str) -> UserInfo:
+        key = _digest(token)
+        cached = self.cache.peek(key, _MISS)
+        if cached is not _MISS:
+            if cached is None:
+                raise Unauthenticated("the bearer token is not valid")
+            return cached  # type: ignore[return-value]
+
         async def load() -> UserInfo | None:
             try:
                 return await asyncio.to_thread(self._review, token)
@@ -92,7 +101,7 @@ class TokenReviewAuthenticator:
                     "the caller could not be checked with the Kubernetes API; retry later"
                 ) from None
 
-        user = await self.cache.get_or_load(_digest(token), load)
+        user = await self.cache.get_or_load(key, load)
         if user is None:
             raise Unauthenticated("the bearer token is not valid")
         return user
@@ -104,6 +113,13 @@ class SubjectAccessReviewAuthorizer:
         self.cache: TtlCache[tuple[UserInfo, str, str, str | None], bool] = TtlCache(cache_seconds)
 
     async def authorize(self, user: UserInfo, verb: str, namespace: str, name: str | None) -> None:
+        key = (user, verb, namespace, name)
+        cached = self.cache.peek(key, _MISS)
+        if cached is True:
+            return
+        if cached is False:
+            raise _denied(user, verb, namespace, name)
+
         async def load() -> bool:
             try:
                 decision = await asyncio.to_thread(self._review, user, verb, namespace, name)
@@ -114,7 +130,7 @@ class SubjectAccessReviewAuthorizer:
                 ) from None
             return decision.allowed
 
-        if not await self.cache.get_or_load((user, verb, namespace, name), load):
+        if not await self.cache.get_or_load(key, load):
             raise _denied(user, verb, namespace, name)
 
 

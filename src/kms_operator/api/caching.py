@@ -35,6 +35,13 @@ class TtlCache(Generic[K, V]):
     def __len__(self) -> int:
         return len(self._entries)
 
+    def peek(self, key: K, default: object) -> V | object:
+        """The cached value, or ``default`` on a miss (the fast path: no coroutine)."""
+        entry = self._entries.get(key)
+        if entry is None or self._clock() >= entry[0]:
+            return default
+        return entry[1]
+
     def get(self, key: K) -> V | None:
         entry = self._entries.get(key)
         if entry is None:
