@@ -10,12 +10,12 @@ import asyncio
 import functools
 import ipaddress
 import logging
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from kms_operator.keys.service import KeyService
 from kms_operator.kube import reviews
+from kms_operator.kube.reviews import ApiClient
 from kms_operator.settings import Settings
 
 from . import audit, tls
@@ -28,9 +28,6 @@ from .auth import (
     TokenReviewAuthenticator,
 )
 from .calls import STATE
-
-if TYPE_CHECKING:
-    from kubernetes.client import ApiClient
 
 log = logging.getLogger(__name__)
 

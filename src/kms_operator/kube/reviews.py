@@ -17,6 +17,9 @@ log = logging.getLogger(__name__)
 
 CA_CONFIGMAP_KEY = "ca.crt"
 
+#: The client type, re-exported so that callers outside ``kube`` need not import ``kubernetes``.
+ApiClient = client.ApiClient
+
 
 @dataclass(frozen=True, slots=True)
 class UserInfo:
