@@ -240,11 +240,17 @@ def test_rbac_cluster_wide_is_exactly_what_the_operator_uses(
         ("create", "configmaps", ["-n", namespace]),
         ("patch", f"configmaps/{release}-ca", ["-n", namespace]),
         ("get", f"configmaps/{release}-ca", ["-n", namespace]),
+        # DataKeys' owned Secrets, KeyMaterialImports' named ones: one at a time, by name.
+        ("get", "secrets", anywhere),
+        ("create", "secrets", anywhere),
+        ("update", "secrets", anywhere),
+        ("update", "datakeys.kms.cmk.dev", [*anywhere, "--subresource=finalizers"]),
     ]
     refused = [
         ("list", "secrets", ["-A"]),
-        ("get", "secrets", ["-n", namespace]),
-        ("create", "secrets", anywhere),
+        ("watch", "secrets", anywhere),
+        ("patch", "secrets", anywhere),
+        ("delete", "secrets", anywhere),
         ("delete", "customresourcedefinitions.apiextensions.k8s.io", []),
         ("update", "customresourcedefinitions.apiextensions.k8s.io", []),
         ("delete", "customermasterkeys.kms.cmk.dev", anywhere),
@@ -285,8 +291,14 @@ def test_rbac_for_watched_namespaces(
         ("create", "tokenreviews.authentication.k8s.io", []),
         ("create", "subjectaccessreviews.authorization.k8s.io", []),
         ("create", "configmaps", ["-n", namespace]),
+        ("get", "secrets", ["-n", team_a]),
+        ("create", "secrets", ["-n", team_b]),
+        ("update", "secrets", ["-n", team_a]),
     ]
     refused = [
+        ("get", "secrets", ["-n", other]),
+        ("get", "secrets", ["-n", namespace]),  # the root key's namespace
+        ("create", "secrets", ["-n", other]),
         ("watch", "customermasterkeys.kms.cmk.dev", ["-A"]),
         ("get", "customermasterkeys.kms.cmk.dev", ["-n", other]),
         ("patch", "customermasterkeys.kms.cmk.dev", ["-n", other]),

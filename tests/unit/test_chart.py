@@ -404,6 +404,13 @@ KMS = {
     ("kms.cmk.dev", "datakeys/status"): "get patch update",
     ("", "events"): "create patch",
 }
+# One merged rule for Secrets (DataKeys get/create/update the Secret they own, KeyMaterialImports
+# get the one they name; never list, watch, patch nor delete), and the owner's finalizers for
+# blockOwnerDeletion under OwnerReferencesPermissionEnforcement.
+SECRETS = {
+    ("", "secrets"): "get create update",
+    ("kms.cmk.dev", "datakeys/finalizers"): "update",
+}
 CLUSTER = {
     ("apiextensions.k8s.io", "customresourcedefinitions"): "get list watch",
     ("authentication.k8s.io", "tokenreviews"): "create",
@@ -414,19 +421,22 @@ CA_PUBLISHER = _expand({("", "configmaps"): "create"}) | _expand(
 )
 
 
-def _no_wildcards_nor_secrets(objects: list[Obj]) -> None:
+def _no_wildcards_nor_secret_listing(objects: list[Obj]) -> None:
     for obj in objects:
         if obj["kind"] not in ("ClusterRole", "Role"):
             continue
         for group, resource, verb, _ in _rules(obj):
             assert "*" not in (group, resource, verb), obj["metadata"]["name"]
-            assert resource != "secrets", "the operator reads no Secrets through the API"
+            if resource == "secrets":
+                # One Secret at a time, by name: never list, watch (a cache of every Secret)
+                # nor patch.
+                assert verb in ("get", "create", "update"), verb
             assert verb not in ("delete", "deletecollection", "escalate", "bind", "impersonate")
 
 
 def test_rbac_cluster_wide(default: list[Obj]) -> None:
-    _no_wildcards_nor_secrets(default)
-    assert _rules(one(default, "ClusterRole")) == _expand(CLUSTER) | _expand(KMS)
+    _no_wildcards_nor_secret_listing(default)
+    assert _rules(one(default, "ClusterRole")) == _expand(CLUSTER) | _expand(KMS) | _expand(SECRETS)
     assert _rules(one(default, "Role", "kms-operator-ca-publisher")) == CA_PUBLISHER
     assert [r["metadata"]["name"] for r in default if r["kind"] == "Role"] == [
         "kms-operator-ca-publisher"
@@ -440,7 +450,7 @@ def test_rbac_cluster_wide(default: list[Obj]) -> None:
 
 def test_rbac_watched_namespaces(helm: Path) -> None:
     objects = render(helm, "watchNamespaces={team-a,team-b}")
-    _no_wildcards_nor_secrets(objects)
+    _no_wildcards_nor_secret_listing(objects)
     assert _rules(one(objects, "ClusterRole")) == _expand(CLUSTER) | _expand(
         {("", "namespaces"): "list watch", ("kms.cmk.dev", "customermasterkeys"): "list"}
     )
@@ -455,7 +465,7 @@ def test_rbac_watched_namespaces(helm: Path) -> None:
         (NAMESPACE, "kms-operator-ca-publisher"),
     }
     for namespace in ("team-a", "team-b"):
-        assert _rules(roles[namespace, "kms-operator"]) == _expand(KMS)
+        assert _rules(roles[namespace, "kms-operator"]) == _expand(KMS) | _expand(SECRETS)
         binding = one(
             [o for o in objects if o["metadata"].get("namespace") == namespace], "RoleBinding"
         )
@@ -465,7 +475,7 @@ def test_rbac_watched_namespaces(helm: Path) -> None:
 
 def test_rbac_webhook(helm: Path) -> None:
     objects = render(helm, "webhook.enabled=true")
-    _no_wildcards_nor_secrets(objects)
+    _no_wildcards_nor_secret_listing(objects)
     webhooks = {"validatingwebhookconfigurations", "mutatingwebhookconfigurations"}
     granted = {
         rule
