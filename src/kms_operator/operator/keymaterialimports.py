@@ -668,6 +668,9 @@ def _timed(status: kopf.Status, spec: kopf.Spec, **_: Any) -> bool:
     id="kmi-expiry",
     registry=registry,
     when=_timed,
+    # Stopped (filter no longer true, object deleted) it exits at once on ``stopped``; only a
+    # stuck API call is cancelled, after the back-off.
+    cancellation_backoff=2.0,
     cancellation_timeout=10.0,
 )
 async def expiry(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, **_: Any) -> None:
