@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 import subprocess
+import sys
 import time
 from datetime import datetime
 from typing import Any
@@ -350,3 +351,42 @@ def test_key_whose_object_is_gone_is_reported_at_start(
     assert record is not None and str(record.key_id) == key_id
     assert record.state.value == "Enabled"
     operator_process.start()
+
+
+def _kmsctl(operator: OperatorProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "kms_operator.cli.kmsctl", *args,
+         "--kubeconfig", str(operator.plane.kubeconfig)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+
+
+def test_kmsctl_rotate_and_cancel_deletion(
+    operator_process: OperatorProcess, cmks: Cmks, namespace: str
+) -> None:
+    cmks.create(namespace, "cli", {"pendingWindowDays": 30})
+    key_id = cmks.wait_state(namespace, "cli", "Enabled")["keyId"]
+    rotated = _kmsctl(operator_process, "rotate", "-n", namespace, "cli")
+    assert rotated.returncode == 0, rotated.stderr
+    cmks.wait_status(namespace, "cli", lambda s: s.get("currentVersion") == 2)
+
+    refused = _kmsctl(operator_process, "cancel-deletion", "-n", namespace, "cli")
+    assert refused.returncode != 0 and "not being deleted" in refused.stderr
+
+    old_uid = cmks.get(namespace, "cli")["metadata"]["uid"]  # type: ignore[index]
+    cmks.delete(namespace, "cli")
+    cmks.wait_state(namespace, "cli", "PendingDeletion")
+    cancelled = _kmsctl(operator_process, "cancel-deletion", "-n", namespace, "cli")
+    assert cancelled.returncode == 0, cancelled.stderr
+    body = wait_for(
+        lambda: (
+            (b := cmks.get(namespace, "cli"))
+            and b["metadata"]["uid"] != old_uid
+            and (b.get("status") or {}).get("state") == "Disabled"
+            and b
+        ),
+        what="the object recreated Disabled",
+    )
+    assert body["status"]["keyId"] == key_id and body["status"]["currentVersion"] == 2
+    missing = _kmsctl(operator_process, "rotate", "-n", namespace, "nope")
+    assert missing.returncode != 0 and "not found" in missing.stderr

@@ -23,6 +23,7 @@ import json
 import os
 import ssl
 import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -32,6 +33,9 @@ from pathlib import Path
 from typing import Any, BinaryIO, NoReturn, TypeVar
 
 import click
+
+from kms_operator.kube.client import load_api_client
+from kms_operator.kube.objects import Objects
 
 DEFAULT_SERVER = "https://kms-operator.kms-system.svc:8443"
 MOUNTED_CA = Path("/var/run/kms-operator/ca.crt")
@@ -455,6 +459,72 @@ def describe_key(namespace: str | None, key: str, **conn: Any) -> None:
         click.echo(json.dumps(answer, indent=2))
     except CliError as error:
         _die(error)
+
+
+# -- key lifecycle through the Kubernetes API (the custom resources, not the data plane) ----
+
+ROTATE_ANNOTATION = "kms.cmk.dev/rotate"
+CANCEL_DELETION_ANNOTATION = "kms.cmk.dev/cancel-deletion"
+
+
+def _cmk_objects(kubeconfig: Path | None) -> Objects:
+    try:
+        return Objects(load_api_client(kubeconfig))
+    except Exception as exc:  # a missing or broken kubeconfig: say so, no traceback
+        _die(CliError("KubernetesUnavailable", f"cannot reach the Kubernetes API: {exc}"))
+
+
+def _existing_cmk(objects: Objects, namespace: str, name: str) -> dict[str, Any]:
+    body = objects.get_cmk(namespace, name)
+    if body is None:
+        _die(CliError("NotFound", f"CustomerMasterKey {namespace}/{name} not found"))
+    return body
+
+
+_kubeconfig_option = click.option(
+    "--kubeconfig",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    default=None,
+    help="Default: $KUBECONFIG, ~/.kube/config, or the in-cluster ServiceAccount.",
+)
+
+
+@main.command()
+@_namespace_option
+@click.argument("name")
+@_kubeconfig_option
+def rotate(namespace: str | None, name: str, kubeconfig: Path | None) -> None:
+    """Rotate a CMK now: sets the kms.cmk.dev/rotate annotation to a new value."""
+    ns = _namespace(namespace)
+    objects = _cmk_objects(kubeconfig)
+    _existing_cmk(objects, ns, name)
+    value = f"{time.time_ns()}"
+    objects.patch_cmk(ns, name, {"metadata": {"annotations": {ROTATE_ANNOTATION: value}}})
+    click.echo(f"rotation of {ns}/{name} requested ({ROTATE_ANNOTATION}={value})", err=True)
+
+
+@main.command("cancel-deletion")
+@_namespace_option
+@click.argument("name")
+@_kubeconfig_option
+def cancel_deletion(namespace: str | None, name: str, kubeconfig: Path | None) -> None:
+    """Cancel a scheduled deletion: the key comes back Disabled, with the same key id."""
+    ns = _namespace(namespace)
+    objects = _cmk_objects(kubeconfig)
+    body = _existing_cmk(objects, ns, name)
+    if not body["metadata"].get("deletionTimestamp"):
+        _die(
+            CliError(
+                "KeyInvalidState",
+                f"CustomerMasterKey {ns}/{name} is not being deleted: nothing to cancel",
+            )
+        )
+    objects.patch_cmk(ns, name, {"metadata": {"annotations": {CANCEL_DELETION_ANNOTATION: "true"}}})
+    click.echo(
+        f"deletion of {ns}/{name} cancelled; the key comes back Disabled "
+        "(set spec.enabled: true to use it)",
+        err=True,
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -56,6 +56,14 @@ class Objects:
             ),
         )
 
+    def patch_cmk(self, namespace: str, name: str, body: Body) -> Body:
+        return cast(
+            Body,
+            self._custom.patch_namespaced_custom_object(
+                GROUP, VERSION, namespace, CMK_PLURAL, name, body
+            ),
+        )
+
     def patch_cmk_status(self, namespace: str, name: str, status: Body) -> None:
         self._custom.patch_namespaced_custom_object_status(
             GROUP, VERSION, namespace, CMK_PLURAL, name, {"status": status}
