@@ -20,6 +20,7 @@ from tests.integration.operator_fixtures import GROUP, VERSION, Cmks, OperatorPr
 
 from kms_operator.errors import InvalidCiphertext
 from kms_operator.keys.service import KeyService
+from kms_operator.operator import datakeys
 from kms_operator.store.rootkey import load_root_key_file
 from kms_operator.store.sqlite import SqliteKeyStore
 
@@ -389,6 +390,63 @@ def test_key_pending_deletion_is_refused(
         what="the audit event on the key",
     )
     assert "needs-doomed" in on_key[0].message
+
+
+def test_unchanged_secret_is_not_rewritten_and_template_changes_apply(
+    operator_process: OperatorProcess, cmks: Cmks, dks: DataKeys, namespace: str
+) -> None:
+    cmks.create(namespace, "steady")
+    cmks.wait_state(namespace, "steady", "Enabled")
+    dks.create(namespace, "steady-dek", {"keyRef": {"name": "steady"}})
+    dks.wait_ready(namespace, "steady-dek")
+    first = dks.secret(namespace, "steady-dek")
+    assert first is not None
+    # The timer's first round (a full check, one GET) and a few more pass: no write.
+    time.sleep(datakeys.CHECK_INTERVAL * 2 + 1)
+    same = dks.secret(namespace, "steady-dek")
+    assert same is not None
+    assert same["metadata"]["resourceVersion"] == first["metadata"]["resourceVersion"]
+
+    dks.custom.patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, DK, "steady-dek",
+        {"spec": {"secretTemplate": {"labels": {"tier": "gold"}}, "includePlaintext": False}},
+    )  # fmt: skip
+    changed = wait_for(
+        lambda: (
+            (s := dks.secret(namespace, "steady-dek"))
+            and s["metadata"]["labels"].get("tier") == "gold"
+            and s
+        ),
+        what="the template label on the Secret",
+    )
+    assert set(changed["data"]) == {"ciphertext"}
+    assert changed["data"]["ciphertext"] == first["data"]["ciphertext"]
+
+
+def test_secret_deleted_by_hand_is_regenerated_with_a_warning(
+    operator_process: OperatorProcess,
+    cmks: Cmks,
+    dks: DataKeys,
+    namespace: str,
+    kube_api: client.ApiClient,
+) -> None:
+    cmks.create(namespace, "lost")
+    cmks.wait_state(namespace, "lost", "Enabled")
+    dks.create(namespace, "lost-dek", {"keyRef": {"name": "lost"}})
+    dks.wait_ready(namespace, "lost-dek")
+    first = dks.secret(namespace, "lost-dek")
+    assert first is not None
+    client.CoreV1Api(kube_api).delete_namespaced_secret("lost-dek", namespace)
+    # Any change of the DataKey (or a restart, or the periodic full check) notices.
+    dks.custom.patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, DK, "lost-dek", {"metadata": {"labels": {"poke": "1"}}}
+    )
+    again = wait_for(lambda: dks.secret(namespace, "lost-dek"), what="the Secret back")
+    assert again["data"]["plaintext"] != first["data"]["plaintext"]
+    wait_for(
+        lambda: "Regenerated" in _event_reasons(kube_api, namespace, "lost-dek"),
+        what="the Regenerated warning",
+    )
 
 
 def test_no_plaintext_in_the_operator_log_nor_in_events(

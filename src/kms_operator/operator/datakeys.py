@@ -525,7 +525,6 @@ def _reconcile_once(runtime: Runtime, secrets: Secrets, view: DataKeyView) -> Ou
     desired = desired_secret(
         view, ciphertext=blob, plaintext=plaintext, key_id=key_id, key_version=version
     )
-    del plaintext
     if secret is None:
         secrets.create(namespace, desired)
     else:
