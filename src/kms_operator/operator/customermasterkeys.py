@@ -142,14 +142,17 @@ async def _reconcile(body: kopf.Body, patch: kopf.Patch, runtime: Runtime, *, ro
             )
         except KmsError as exc:
             raise _handler_error(exc) from None
-        kopf.info(body, reason=conditions.CREATED, message=f"created key {record.key_id}")
+        kopf.event(
+            body, type="Normal", reason=conditions.CREATED, message=f"created key {record.key_id}"
+        )
 
     record = await _apply_spec(service, record, spec, rotate=rotate, problems=problems)
     for reason, message in problems:
         kopf.warn(body, reason=reason, message=message)
     if rotate and not problems:
-        kopf.info(
+        kopf.event(
             body,
+            type="Normal",
             reason=conditions.ROTATED,
             message=f"rotated on demand to version {record.current_version}",
         )
