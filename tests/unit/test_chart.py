@@ -452,7 +452,7 @@ def test_rbac_watched_namespaces(helm: Path) -> None:
     objects = render(helm, "watchNamespaces={team-a,team-b}")
     _no_wildcards_nor_secret_listing(objects)
     assert _rules(one(objects, "ClusterRole")) == _expand(CLUSTER) | _expand(
-        {("", "namespaces"): "list watch", ("kms.cmk.dev", "customermasterkeys"): "list"}
+        {("", "namespaces"): "list watch"}
     )
     roles = {
         (r["metadata"]["namespace"], r["metadata"]["name"]): r

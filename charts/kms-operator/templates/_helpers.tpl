@@ -71,9 +71,7 @@ app.kubernetes.io/part-of: kms-operator
 {{/*
 The permissions the operator needs on its own resources and Events, in every namespace it
 serves (a ClusterRole when cluster-wide, one Role per watched namespace otherwise). Secrets are
-deliberately absent: nothing reads or writes Secrets yet. DataKeys will need create/get/patch/
-update on the Secrets they own plus a label-filtered list/watch (DESIGN.md section 7), and
-KeyMaterialImports get on the Secret they name; add them here when those handlers land.
+in kms-operator.secretRules (rbac.yaml): get/create/update one at a time, never list or watch.
 */}}
 {{- define "kms-operator.kmsRules" -}}
 # Kopf watches and patches (finalizer, progress annotations) the keys; the operator reads,
