@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-from datetime import UTC, datetime
 from typing import Any, cast
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from .objects import API_VERSION, COMPONENT, GROUP, VERSION, Objects
+from .objects import GROUP, VERSION, Objects, post_event
 
 KMI_PLURAL = "keymaterialimports"
 KMI_KIND = "KeyMaterialImport"
@@ -105,19 +104,6 @@ class Imports:
         message: str,
     ) -> None:
         """An Event on a KeyMaterialImport (which may be on its way out: deletions)."""
-        now = datetime.now(UTC)
-        event = client.CoreV1Event(
-            metadata=client.V1ObjectMeta(generate_name=f"{name}.", namespace=namespace),
-            involved_object=client.V1ObjectReference(
-                api_version=API_VERSION, kind=KMI_KIND, name=name, namespace=namespace, uid=uid
-            ),
-            type=type_,
-            reason=reason,
-            message=message[:1024],
-            source=client.V1EventSource(component=COMPONENT),
-            first_timestamp=now,
-            last_timestamp=now,
-            count=1,
-            reporting_component=COMPONENT,
+        post_event(
+            self._core, KMI_KIND, namespace, name, uid, type_=type_, reason=reason, message=message
         )
-        self._core.create_namespaced_event(namespace, event)

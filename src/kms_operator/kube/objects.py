@@ -107,19 +107,36 @@ class Objects:
         message: str,
     ) -> None:
         """An Event on a CustomerMasterKey (which may no longer exist: drift reports)."""
-        now = datetime.now(UTC)
-        event = client.CoreV1Event(
-            metadata=client.V1ObjectMeta(generate_name=f"{name}.", namespace=namespace),
-            involved_object=client.V1ObjectReference(
-                api_version=API_VERSION, kind=CMK_KIND, name=name, namespace=namespace, uid=uid
-            ),
-            type=type_,
-            reason=reason,
-            message=message[:1024],
-            source=client.V1EventSource(component=COMPONENT),
-            first_timestamp=now,
-            last_timestamp=now,
-            count=1,
-            reporting_component=COMPONENT,
+        post_event(
+            self._core, CMK_KIND, namespace, name, uid, type_=type_, reason=reason, message=message
         )
-        self._core.create_namespaced_event(namespace, event)
+
+
+def post_event(
+    core: client.CoreV1Api,
+    kind: str,
+    namespace: str,
+    name: str,
+    uid: str | None,
+    *,
+    type_: str,
+    reason: str,
+    message: str,
+) -> None:
+    """A core/v1 Event on one of our objects, from the ``kms-operator`` component."""
+    now = datetime.now(UTC)
+    event = client.CoreV1Event(
+        metadata=client.V1ObjectMeta(generate_name=f"{name}.", namespace=namespace),
+        involved_object=client.V1ObjectReference(
+            api_version=API_VERSION, kind=kind, name=name, namespace=namespace, uid=uid
+        ),
+        type=type_,
+        reason=reason,
+        message=message[:1024],
+        source=client.V1EventSource(component=COMPONENT),
+        first_timestamp=now,
+        last_timestamp=now,
+        count=1,
+        reporting_component=COMPONENT,
+    )
+    core.create_namespaced_event(namespace, event)
