@@ -318,7 +318,10 @@ def test_object_whose_key_is_missing_from_the_store_is_reported(
         )
         assert status["keyId"] == key_id  # no new key was made behind the user's back
         assert _condition(status, "Ready")["reason"] == "KeyMissingFromStore"
-        assert "KeyMissingFromStore" in _event_reasons(kube_api, namespace, "orphan")
+        wait_for(
+            lambda: "KeyMissingFromStore" in _event_reasons(kube_api, namespace, "orphan"),
+            what="the KeyMissingFromStore Event (posted asynchronously)",
+        )
     finally:
         operator_process.stop()
         restore_store(
