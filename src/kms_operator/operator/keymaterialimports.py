@@ -43,10 +43,11 @@ from kms_operator.kube.imports import KMI_PLURAL, Conflict, Imports, SecretValue
 from kms_operator.kube.objects import GROUP, VERSION
 from kms_operator.store.records import ImportParameters, KeyRecord, KeyState, Origin, VersionState
 
-from . import conditions, statuses
+from . import conditions
 from .conditions import Condition
 from .registries import registry
 from .runtime import Runtime
+from .scheduling import publish_key_change
 
 log = logging.getLogger(__name__)
 
@@ -627,25 +628,8 @@ async def _post_event(
 
 def _publish_key(runtime: Runtime, record: KeyRecord, reason: str, message: str) -> None:
     """Mirror a material change onto the CustomerMasterKey (status and an Event)."""
-    objects = runtime.objects
     try:
-        body = objects.get_cmk(record.namespace, record.name)
-        uid = body["metadata"].get("uid") if body else None
-        objects.post_event(
-            record.namespace, record.name, uid, type_="Normal", reason=reason, message=message
-        )
-        if body is None:
-            return
-        objects.patch_cmk_status(
-            record.namespace,
-            record.name,
-            statuses.key_status(
-                record,
-                existing_conditions=(body.get("status") or {}).get("conditions"),
-                generation=None,
-                now=runtime.service.clock.now(),
-            ),
-        )
+        publish_key_change(runtime.objects, record, reason, message, runtime.service.clock.now())
     except Exception:
         # The store holds the change; the key's object catches up on its next event.
         log.exception("could not publish %s of key %s to its object", reason, record.key_id)

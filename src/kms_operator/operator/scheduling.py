@@ -12,6 +12,7 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Callable
+from datetime import datetime
 
 from kms_operator.errors import KmsError
 from kms_operator.keys.service import KeyService
@@ -94,30 +95,16 @@ class DeadlineScheduler:
 
     def _publish(self, record: KeyRecord, reason: str, message: str) -> None:
         """Mirror a timer's change onto the custom resource; release it once destroyed."""
+        if reason == conditions.DESTROYED:
+            message = f"{message} (version {record.current_version} was current)"
         try:
-            body = self._objects.get_cmk(record.namespace, record.name)
-            uid = body["metadata"].get("uid") if body else None
-            if reason == conditions.DESTROYED:
-                message = f"{message} (version {record.current_version} was current)"
-            self._objects.post_event(
-                record.namespace, record.name, uid, type_="Normal", reason=reason, message=message
-            )
-            if body is None:
-                return
-            if record.state is KeyState.DESTROYED:
-                self._unreleased.add((record.namespace, record.name))
-                self._release(record.namespace, record.name)
-                return
-            status = statuses.key_status(
-                record,
-                existing_conditions=(body.get("status") or {}).get("conditions"),
-                generation=None,
-                now=self._service.clock.now(),
-            )
-            self._objects.patch_cmk_status(record.namespace, record.name, status)
+            publish_key_change(self._objects, record, reason, message, self._service.clock.now())
         except Exception:
             # The store already holds the change; the object catches up on its next event.
             log.exception("could not publish %s of key %s to its object", reason, record.key_id)
+        if record.state is KeyState.DESTROYED:
+            self._unreleased.add((record.namespace, record.name))
+            self._release(record.namespace, record.name)
 
     def _release(self, namespace: str, name: str) -> None:
         """Remove our finalizer from the object of a destroyed key (retried until it works)."""
@@ -128,3 +115,27 @@ class DeadlineScheduler:
             self._unreleased.discard((namespace, name))
         except Exception:
             log.exception("could not release %s/%s; retrying", namespace, name)
+
+
+def publish_key_change(
+    objects: Objects, record: KeyRecord, reason: str, message: str, now: datetime
+) -> None:
+    """A change made in the store, shown on the key's object: an Event, and the new status
+    (unless the key is destroyed: its object is about to be released)."""
+    body = objects.get_cmk(record.namespace, record.name)
+    uid = body["metadata"].get("uid") if body else None
+    objects.post_event(
+        record.namespace, record.name, uid, type_="Normal", reason=reason, message=message
+    )
+    if body is None or record.state is KeyState.DESTROYED:
+        return
+    objects.patch_cmk_status(
+        record.namespace,
+        record.name,
+        statuses.key_status(
+            record,
+            existing_conditions=(body.get("status") or {}).get("conditions"),
+            generation=None,
+            now=now,
+        ),
+    )
