@@ -30,6 +30,7 @@ def apply_crds(api_client: client.ApiClient, directory: Path, timeout: float = 6
                 api.create_custom_resource_definition(document)
             names.append(name)
     deadline = time.monotonic() + timeout
+    custom = client.CustomObjectsApi(api_client)
     for name in names:
         while True:
             crd = api.read_custom_resource_definition(name)
@@ -37,12 +38,25 @@ def apply_crds(api_client: client.ApiClient, directory: Path, timeout: float = 6
                 c.type == "Established" and c.status == "True"
                 for c in ((crd.status.conditions if crd.status else None) or [])
             )
-            if established:
+            if established and _serves(custom, crd):
                 break
             if time.monotonic() > deadline:
                 raise TimeoutError(f"CRD {name} was not Established within {timeout} s")
             time.sleep(0.2)
     return names
+
+
+def _serves(custom: client.CustomObjectsApi, crd: client.V1CustomResourceDefinition) -> bool:
+    """Established is not enough: right after it, lists answer 429 while storage initializes."""
+    spec = crd.spec
+    version = next(v.name for v in spec.versions if v.storage)
+    try:
+        custom.list_cluster_custom_object(spec.group, version, spec.names.plural, limit=1)
+    except ApiException as exc:
+        if exc.status == 429:
+            return False
+        raise
+    return True
 
 
 def ensure_namespace(api_client: client.ApiClient, name: str) -> None:
