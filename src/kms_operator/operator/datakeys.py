@@ -22,7 +22,6 @@ import asyncio
 import base64
 import binascii
 import hashlib
-import json
 import logging
 import time
 import uuid
@@ -33,6 +32,7 @@ from typing import Any
 
 import kopf
 
+from kms_operator.crypto import blob as blobs
 from kms_operator.errors import InvalidCiphertext, KeyStateError, KmsError, NotFound
 from kms_operator.keys.service import DEFAULT_ALIAS_PREFIX, KeyService, refuse_state
 from kms_operator.kube.objects import API_VERSION, CMK_KIND, GROUP, VERSION
@@ -172,10 +172,6 @@ def encryption_context(namespace: str, name: str, user: Mapping[str, str]) -> di
     return {**user, NAMESPACE_CONTEXT: namespace, DATAKEY_CONTEXT: name}
 
 
-def canonical_context(context: Mapping[str, str]) -> str:
-    return json.dumps(dict(context), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
 def label_value(name: str) -> str:
     """A DataKey name as a label value (at most 63 characters: longer names are hashed)."""
     if len(name) <= 63:
@@ -221,7 +217,8 @@ def desired_secret(
                 **spec.annotations,
                 KEY_ID_ANNOTATION: str(key_id),
                 KEY_VERSION_ANNOTATION: str(key_version),
-                CONTEXT_ANNOTATION: canonical_context(context),
+                # The exact AAD text the blob was sealed with, for decrypting through the API.
+                CONTEXT_ANNOTATION: blobs.canonical_context(context).decode("utf-8"),
             },
             "ownerReferences": [owner_reference(view.name, view.uid)],
         },
