@@ -188,29 +188,33 @@ def operator_process(
         process.kill()
 
 
-class Cmks:
-    """CustomerMasterKey objects through the Kubernetes API, and waiting on their status."""
+class CustomObjects:
+    """Objects of one of our kinds through the Kubernetes API, and waiting on their status."""
+
+    kind = ""
+    plural = ""
 
     def __init__(self, api: client.ApiClient) -> None:
         self.api = client.CustomObjectsApi(api)
+        self.core = client.CoreV1Api(api)
 
     def create(self, namespace: str, name: str, spec: dict[str, Any] | None = None,
                **metadata: Any) -> dict[str, Any]:  # fmt: skip
         body = {
             "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "CustomerMasterKey",
+            "kind": self.kind,
             "metadata": {"name": name, "namespace": namespace, **metadata},
             "spec": spec or {},
         }
         result: dict[str, Any] = self.api.create_namespaced_custom_object(
-            GROUP, VERSION, namespace, CMK, body
+            GROUP, VERSION, namespace, self.plural, body
         )
         return result
 
     def get(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
             result: dict[str, Any] = self.api.get_namespaced_custom_object(
-                GROUP, VERSION, namespace, CMK, name
+                GROUP, VERSION, namespace, self.plural, name
             )
         except ApiException as exc:
             if exc.status == 404:
@@ -219,10 +223,10 @@ class Cmks:
         return result
 
     def patch(self, namespace: str, name: str, body: dict[str, Any]) -> None:
-        self.api.patch_namespaced_custom_object(GROUP, VERSION, namespace, CMK, name, body)
+        self.api.patch_namespaced_custom_object(GROUP, VERSION, namespace, self.plural, name, body)
 
     def delete(self, namespace: str, name: str) -> None:
-        self.api.delete_namespaced_custom_object(GROUP, VERSION, namespace, CMK, name)
+        self.api.delete_namespaced_custom_object(GROUP, VERSION, namespace, self.plural, name)
 
     def status(self, namespace: str, name: str) -> dict[str, Any]:
         body = self.get(namespace, name)
@@ -235,9 +239,13 @@ class Cmks:
         result: dict[str, Any] = wait_for(
             lambda: (s := self.status(namespace, name)) and check(s) and s,
             timeout=timeout,
-            what=what or f"status of {namespace}/{name}",
+            what=what or f"status of {self.kind} {namespace}/{name}",
         )
         return result
+
+
+class Cmks(CustomObjects):
+    kind, plural = "CustomerMasterKey", CMK
 
     def wait_state(
         self, namespace: str, name: str, state: str, timeout: float = 30.0

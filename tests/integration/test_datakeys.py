@@ -16,7 +16,12 @@ from typing import Any
 import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-from tests.integration.operator_fixtures import GROUP, VERSION, Cmks, OperatorProcess, wait_for
+from tests.integration.operator_fixtures import (
+    Cmks,
+    CustomObjects,
+    OperatorProcess,
+    wait_for,
+)
 
 from kms_operator.errors import InvalidCiphertext
 from kms_operator.keys.service import KeyService
@@ -45,42 +50,14 @@ def _context(namespace: str, name: str, **user: str) -> dict[str, str]:
     return {**user, "kms.cmk.dev/namespace": namespace, "kms.cmk.dev/datakey": name}
 
 
-class DataKeys:
-    def __init__(self, api: client.ApiClient) -> None:
-        self.custom = client.CustomObjectsApi(api)
-        self.core = client.CoreV1Api(api)
-
-    def create(self, namespace: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
-        body = {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "DataKey",
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": spec,
-        }
-        result: dict[str, Any] = self.custom.create_namespaced_custom_object(
-            GROUP, VERSION, namespace, DK, body
-        )
-        return result
-
-    def get(self, namespace: str, name: str) -> dict[str, Any]:
-        result: dict[str, Any] = self.custom.get_namespaced_custom_object(
-            GROUP, VERSION, namespace, DK, name
-        )
-        return result
-
-    def status(self, namespace: str, name: str) -> dict[str, Any]:
-        return dict(self.get(namespace, name).get("status") or {})
+class DataKeys(CustomObjects):
+    kind, plural = "DataKey", DK
 
     def wait(
         self, namespace: str, name: str, check: Callable[[dict[str, Any]], bool],
         timeout: float = 40.0, what: str = "",
     ) -> dict[str, Any]:  # fmt: skip
-        result: dict[str, Any] = wait_for(
-            lambda: (s := self.status(namespace, name)) and check(s) and s,
-            timeout=timeout,
-            what=what or f"status of DataKey {namespace}/{name}",
-        )
-        return result
+        return self.wait_status(namespace, name, check, timeout, what)
 
     def wait_ready(self, namespace: str, name: str, timeout: float = 40.0) -> dict[str, Any]:
         return self.wait(
@@ -151,6 +128,7 @@ def test_datakey_by_name_writes_an_owned_secret(
     assert _condition(status, "Ready")["reason"] == "SecretReady"
 
     body = dks.get(namespace, "orders-dek")
+    assert body is not None
     secret = dks.secret(namespace, "orders-dek")
     assert secret is not None
     assert secret["type"] == "kms.cmk.dev/data-key"
@@ -407,10 +385,11 @@ def test_unchanged_secret_is_not_rewritten_and_template_changes_apply(
     assert same is not None
     assert same["metadata"]["resourceVersion"] == first["metadata"]["resourceVersion"]
 
-    dks.custom.patch_namespaced_custom_object(
-        GROUP, VERSION, namespace, DK, "steady-dek",
+    dks.patch(
+        namespace,
+        "steady-dek",
         {"spec": {"secretTemplate": {"labels": {"tier": "gold"}}, "includePlaintext": False}},
-    )  # fmt: skip
+    )
     changed = wait_for(
         lambda: (
             (s := dks.secret(namespace, "steady-dek"))
@@ -438,9 +417,7 @@ def test_secret_deleted_by_hand_is_regenerated_with_a_warning(
     assert first is not None
     client.CoreV1Api(kube_api).delete_namespaced_secret("lost-dek", namespace)
     # Any change of the DataKey (or a restart, or the periodic full check) notices.
-    dks.custom.patch_namespaced_custom_object(
-        GROUP, VERSION, namespace, DK, "lost-dek", {"metadata": {"labels": {"poke": "1"}}}
-    )
+    dks.patch(namespace, "lost-dek", {"metadata": {"labels": {"poke": "1"}}})
     again = wait_for(lambda: dks.secret(namespace, "lost-dek"), what="the Secret back")
     assert again["data"]["plaintext"] != first["data"]["plaintext"]
     wait_for(

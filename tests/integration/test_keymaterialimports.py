@@ -16,8 +16,12 @@ from typing import Any
 
 import pytest
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
-from tests.integration.operator_fixtures import GROUP, VERSION, Cmks, OperatorProcess, wait_for
+from tests.integration.operator_fixtures import (
+    Cmks,
+    CustomObjects,
+    OperatorProcess,
+    wait_for,
+)
 
 from kms_operator.crypto.wrapping import WrappingAlgorithm, wrap_material
 
@@ -29,41 +33,18 @@ KMI = "keymaterialimports"
 HANDED_OVER: list[bytes] = []
 
 
-class Kmis:
-    def __init__(self, api: client.ApiClient) -> None:
-        self.api = client.CustomObjectsApi(api)
-        self.core = client.CoreV1Api(api)
+class Kmis(CustomObjects):
+    kind, plural = "KeyMaterialImport", KMI
 
-    def create(self, namespace: str, name: str, key: str, **spec: Any) -> None:
-        body = {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "KeyMaterialImport",
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": {"keyRef": {"name": key}, "wrappingKeySpec": "RSA_2048", **spec},
-        }
-        self.api.create_namespaced_custom_object(GROUP, VERSION, namespace, KMI, body)
-
-    def get(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            result: dict[str, Any] = self.api.get_namespaced_custom_object(
-                GROUP, VERSION, namespace, KMI, name
-            )
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-        return result
-
-    def patch_spec(self, namespace: str, name: str, **spec: Any) -> None:
-        self.api.patch_namespaced_custom_object(
-            GROUP, VERSION, namespace, KMI, name, {"spec": spec}
+    def create(  # type: ignore[override]
+        self, namespace: str, name: str, key: str, **spec: Any
+    ) -> dict[str, Any]:
+        return super().create(
+            namespace, name, {"keyRef": {"name": key}, "wrappingKeySpec": "RSA_2048", **spec}
         )
 
-    def delete(self, namespace: str, name: str) -> None:
-        self.api.delete_namespaced_custom_object(GROUP, VERSION, namespace, KMI, name)
-
-    def status(self, namespace: str, name: str) -> dict[str, Any]:
-        return dict((self.get(namespace, name) or {}).get("status") or {})
+    def patch_spec(self, namespace: str, name: str, **spec: Any) -> None:
+        self.patch(namespace, name, {"spec": spec})
 
     def wait(
         self,
@@ -74,12 +55,7 @@ class Kmis:
         timeout: float = 30.0,
         what: str = "",
     ) -> dict[str, Any]:
-        result: dict[str, Any] = wait_for(
-            lambda: (s := self.status(namespace, name)) and check(s) and s,
-            timeout=timeout,
-            what=what or f"KeyMaterialImport {namespace}/{name}",
-        )
-        return result
+        return self.wait_status(namespace, name, check, timeout, what)
 
     def wait_phase(
         self, namespace: str, name: str, phase: str, timeout: float = 30.0
