@@ -8,6 +8,8 @@ from typing import Any, cast
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from kms_operator.errors import KmsError
+
 GROUP = "kms.cmk.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -16,6 +18,10 @@ CMK_KIND = "CustomerMasterKey"
 COMPONENT = "kms-operator"
 
 Body = dict[str, Any]
+
+
+class CrdNotInstalled(KmsError):
+    """Our CustomResourceDefinitions are missing from the cluster."""
 
 
 class Objects:
@@ -40,12 +46,20 @@ class Objects:
         return body
 
     def list_cmks(self, namespace: str | None = None) -> list[Body]:
-        if namespace is None:
-            answer = self._custom.list_cluster_custom_object(GROUP, VERSION, CMK_PLURAL)
-        else:
-            answer = self._custom.list_namespaced_custom_object(
-                GROUP, VERSION, namespace, CMK_PLURAL
-            )
+        try:
+            if namespace is None:
+                answer = self._custom.list_cluster_custom_object(GROUP, VERSION, CMK_PLURAL)
+            else:
+                answer = self._custom.list_namespaced_custom_object(
+                    GROUP, VERSION, namespace, CMK_PLURAL
+                )
+        except ApiException as exc:
+            if exc.status == 404:
+                raise CrdNotInstalled(
+                    f"the API server does not serve {CMK_PLURAL}.{GROUP}/{VERSION}: install the "
+                    "CRDs first (kubectl apply -f crds/, or the Helm chart)"
+                ) from None
+            raise
         return list(cast(Body, answer).get("items", []))
 
     def create_cmk(self, namespace: str, body: Body) -> Body:
