@@ -20,7 +20,6 @@ import base64
 import contextlib
 import ctypes
 import datetime
-import ipaddress
 import os
 import shutil
 import signal
@@ -39,10 +38,11 @@ from types import FrameType, TracebackType
 from typing import IO, Self
 
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from kms_operator import pki
 
 __all__ = [
     "REQUIRED_BINARIES",
@@ -128,18 +128,6 @@ def find_assets() -> Path:
 # --------------------------------------------------------------------------------------------
 
 
-def _pem_key(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
-def _pem_cert(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(serialization.Encoding.PEM)
-
-
 def _write(path: Path, data: bytes, private: bool = False) -> Path:
     path.write_bytes(data)
     if private:
@@ -156,108 +144,38 @@ class _Pki:
         not_before = now - datetime.timedelta(minutes=5)
         not_after = now + datetime.timedelta(days=7)
 
-        ca_key = ec.generate_private_key(ec.SECP256R1())
-        ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kms-local-control-plane-ca")])
-        ca_cert = (
-            x509.CertificateBuilder()
-            .subject_name(ca_name)
-            .issuer_name(ca_name)
-            .public_key(ca_key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(not_before)
-            .not_valid_after(not_after)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(
-                x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
-            )
-            .sign(ca_key, hashes.SHA256())
-        )
-
-        def leaf(
-            subject: x509.Name,
-            usage: x509.ObjectIdentifier,
-            sans: list[x509.GeneralName] | None = None,
-        ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-            key = ec.generate_private_key(ec.SECP256R1())
-            builder = (
-                x509.CertificateBuilder()
-                .subject_name(subject)
-                .issuer_name(ca_name)
-                .public_key(key.public_key())
-                .serial_number(x509.random_serial_number())
-                .not_valid_before(not_before)
-                .not_valid_after(not_after)
-                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-                .add_extension(
-                    x509.KeyUsage(
-                        digital_signature=True,
-                        content_commitment=False,
-                        key_encipherment=False,
-                        data_encipherment=False,
-                        key_agreement=False,
-                        key_cert_sign=False,
-                        crl_sign=False,
-                        encipher_only=False,
-                        decipher_only=False,
-                    ),
-                    critical=True,
-                )
-                .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-                .add_extension(
-                    x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-                    critical=False,
-                )
-            )
-            if sans:
-                builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-            return key, builder.sign(ca_key, hashes.SHA256())
-
-        serving_key, serving_cert = leaf(
-            x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]),
+        ca_key, ca_cert = pki.new_ca("kms-local-control-plane-ca", not_before, not_after)
+        serving_key, serving_cert = pki.issue(
+            ca_key,
+            ca_cert,
+            pki.name("kube-apiserver"),
             ExtendedKeyUsageOID.SERVER_AUTH,
-            [
-                x509.DNSName("localhost"),
-                x509.DNSName("kubernetes"),
-                x509.DNSName("kubernetes.default"),
-                x509.DNSName("kubernetes.default.svc"),
-                x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                x509.IPAddress(ipaddress.ip_address("10.0.0.1")),
-            ],
-        )
-        admin_key, admin_cert = leaf(
-            x509.Name(
-                [
-                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, "system:masters"),
-                    x509.NameAttribute(NameOID.COMMON_NAME, ADMIN_USER),
-                ]
+            not_before=not_before,
+            not_after=not_after,
+            sans=pki.subject_alternative_names(
+                ["localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"],
+                ["127.0.0.1", "10.0.0.1"],
             ),
+        )
+        admin_key, admin_cert = pki.issue(
+            ca_key,
+            ca_cert,
+            pki.name(ADMIN_USER, organization="system:masters"),
             ExtendedKeyUsageOID.CLIENT_AUTH,
+            not_before=not_before,
+            not_after=not_after,
         )
         sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
-        self.ca_cert_pem = _pem_cert(ca_cert)
-        self.admin_cert_pem = _pem_cert(admin_cert)
-        self.admin_key_pem = _pem_key(admin_key)
+        self.ca_cert_pem = pki.cert_pem(ca_cert)
+        self.admin_cert_pem = pki.cert_pem(admin_cert)
+        self.admin_key_pem = pki.key_pem(admin_key)
         self.ca_file = _write(directory / "ca.crt", self.ca_cert_pem)
-        self.serving_cert_file = _write(directory / "apiserver.crt", _pem_cert(serving_cert))
-        self.serving_key_file = _write(directory / "apiserver.key", _pem_key(serving_key), True)
+        self.serving_cert_file = _write(directory / "apiserver.crt", pki.cert_pem(serving_cert))
+        self.serving_key_file = _write(directory / "apiserver.key", pki.key_pem(serving_key), True)
         self.admin_cert_file = _write(directory / "admin.crt", self.admin_cert_pem)
         self.admin_key_file = _write(directory / "admin.key", self.admin_key_pem, True)
-        self.sa_key_file = _write(directory / "sa.key", _pem_key(sa_key), True)
+        self.sa_key_file = _write(directory / "sa.key", pki.key_pem(sa_key), True)
         self.sa_pub_file = _write(
             directory / "sa.pub",
             sa_key.public_key().public_bytes(

@@ -22,10 +22,9 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from kms_operator import pki
 from kms_operator.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -121,60 +120,22 @@ def load_or_generate(settings: Settings, now: datetime.datetime | None = None) -
 def generate_self_signed(
     dns: list[str], ips: list[str], now: datetime.datetime
 ) -> tuple[bytes, bytes, bytes]:
-    """A CA certificate, a serving certificate it signs, and the serving key (PEM each)."""
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kms-operator API CA")])
-    not_before = now - datetime.timedelta(minutes=5)
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(now + VALIDITY)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
-        .sign(ca_key, hashes.SHA256())
+    """A CA certificate, a serving certificate it signs, and the serving key (PEM each).
+
+    The CA's private key is never written: nothing else can be signed under it.
+    """
+    not_before, not_after = now - datetime.timedelta(minutes=5), now + VALIDITY
+    ca_key, ca_cert = pki.new_ca("kms-operator API CA", not_before, not_after)
+    key, cert = pki.issue(
+        ca_key,
+        ca_cert,
+        pki.name("kms-operator API"),
+        ExtendedKeyUsageOID.SERVER_AUTH,
+        not_before=not_before,
+        not_after=not_after,
+        sans=pki.subject_alternative_names(dns, ips),
     )
-    key = ec.generate_private_key(ec.SECP256R1())
-    sans: list[x509.GeneralName] = [x509.DNSName(name) for name in dns]
-    sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kms-operator API")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(now + VALIDITY)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    pem = serialization.Encoding.PEM
-    key_pem = key.private_bytes(
-        pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return ca_cert.public_bytes(pem), cert.public_bytes(pem), key_pem
+    return pki.cert_pem(ca_cert), pki.cert_pem(cert), pki.key_pem(key)
 
 
 def _reusable(
