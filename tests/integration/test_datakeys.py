@@ -276,6 +276,19 @@ def test_foreign_secret_with_the_same_name_is_a_conflict_and_untouched(
     assert not after["metadata"].get("ownerReferences")
 
 
+def _ready_secret(
+    cmks: Cmks, dks: DataKeys, namespace: str, key: str, data_key: str
+) -> dict[str, Any]:
+    """A new key, a DataKey on it, Ready: its Secret."""
+    cmks.create(namespace, key)
+    cmks.wait_state(namespace, key, "Enabled")
+    dks.create(namespace, data_key, {"keyRef": {"name": key}})
+    dks.wait_ready(namespace, data_key)
+    secret = dks.secret(namespace, data_key)
+    assert secret is not None
+    return secret
+
+
 def test_rotation_re_encrypts_without_changing_the_data_key(
     operator_process: OperatorProcess,
     cmks: Cmks,
@@ -283,12 +296,7 @@ def test_rotation_re_encrypts_without_changing_the_data_key(
     namespace: str,
     kube_api: client.ApiClient,
 ) -> None:
-    cmks.create(namespace, "rotating")
-    cmks.wait_state(namespace, "rotating", "Enabled")
-    dks.create(namespace, "rotated-dek", {"keyRef": {"name": "rotating"}})
-    dks.wait_ready(namespace, "rotated-dek")
-    first = dks.secret(namespace, "rotated-dek")
-    assert first is not None
+    first = _ready_secret(cmks, dks, namespace, "rotating", "rotated-dek")
     cmks.patch(namespace, "rotating", {"metadata": {"annotations": {"kms.cmk.dev/rotate": "1"}}})
     cmks.wait_status(namespace, "rotating", lambda s: s["currentVersion"] == 2)
     status = dks.wait(namespace, "rotated-dek", lambda s: s.get("keyVersion") == 2)
@@ -373,12 +381,7 @@ def test_key_pending_deletion_is_refused(
 def test_unchanged_secret_is_not_rewritten_and_template_changes_apply(
     operator_process: OperatorProcess, cmks: Cmks, dks: DataKeys, namespace: str
 ) -> None:
-    cmks.create(namespace, "steady")
-    cmks.wait_state(namespace, "steady", "Enabled")
-    dks.create(namespace, "steady-dek", {"keyRef": {"name": "steady"}})
-    dks.wait_ready(namespace, "steady-dek")
-    first = dks.secret(namespace, "steady-dek")
-    assert first is not None
+    first = _ready_secret(cmks, dks, namespace, "steady", "steady-dek")
     # The timer's first round (a full check, one GET) and a few more pass: no write.
     time.sleep(datakeys.CHECK_INTERVAL * 2 + 1)
     same = dks.secret(namespace, "steady-dek")
@@ -409,12 +412,7 @@ def test_secret_deleted_by_hand_is_regenerated_with_a_warning(
     namespace: str,
     kube_api: client.ApiClient,
 ) -> None:
-    cmks.create(namespace, "lost")
-    cmks.wait_state(namespace, "lost", "Enabled")
-    dks.create(namespace, "lost-dek", {"keyRef": {"name": "lost"}})
-    dks.wait_ready(namespace, "lost-dek")
-    first = dks.secret(namespace, "lost-dek")
-    assert first is not None
+    first = _ready_secret(cmks, dks, namespace, "lost", "lost-dek")
     client.CoreV1Api(kube_api).delete_namespaced_secret("lost-dek", namespace)
     # Any change of the DataKey (or a restart, or the periodic full check) notices.
     dks.patch(namespace, "lost-dek", {"metadata": {"labels": {"poke": "1"}}})
