@@ -87,6 +87,13 @@ class AliasConflict(KmsError):
     status = 409
 
 
+class KeyBoundElsewhere(KmsError):
+    """The object's name holds a key of an earlier object that this one did not claim."""
+
+    code = "KeyBoundElsewhere"
+    status = 409
+
+
 class DefaultKeyProtected(KmsError):
     """Default keys cannot be disabled, deleted, rotated on demand or given imported material."""
 

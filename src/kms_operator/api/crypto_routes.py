@@ -27,8 +27,9 @@ async def _encrypt(call: Call) -> Answer:
     await call.authenticate()
     body = models.parse_encrypt(await call.body())
     namespace, reference = call.request.match_info["ns"], calls.key_reference(call.request)
-    await call.resolve(VERB_ENCRYPT, namespace, reference)
-    result = call.service.encrypt(namespace, reference, body.plaintext, body.encryption_context)
+    record = await call.resolve(VERB_ENCRYPT, namespace, reference)
+    # The key authorized is the key used: pass its id, never the reference again.
+    result = call.service.encrypt(namespace, record.key_id, body.plaintext, body.encryption_context)
     call.audit.key_version = result.key_version
     return {
         "ciphertextBlob": models.b64(result.ciphertext_blob),
@@ -41,10 +42,10 @@ async def _generate_data_key(call: Call) -> Answer:
     await call.authenticate()
     body = models.parse_generate_data_key(await call.body())
     namespace, reference = call.request.match_info["ns"], calls.key_reference(call.request)
-    await call.resolve(VERB_GENERATE_DATA_KEY, namespace, reference)
+    record = await call.resolve(VERB_GENERATE_DATA_KEY, namespace, reference)
     result = call.service.generate_data_key(
         namespace,
-        reference,
+        record.key_id,
         key_spec=body.key_spec,
         number_of_bytes=body.number_of_bytes,
         context=body.encryption_context,
@@ -82,11 +83,11 @@ async def _re_encrypt(call: Call) -> Answer:
     call.note_source(source, blobs.parse_header(body.ciphertext_blob).version)
     await call.authorize(VERB_DECRYPT, source)
     destination = body.destination
-    await call.resolve(VERB_ENCRYPT, destination.namespace, destination.key)
+    target = await call.resolve(VERB_ENCRYPT, destination.namespace, destination.key)
     result = call.service.re_encrypt(
         body.ciphertext_blob,
         destination.namespace,
-        destination.key,
+        target.key_id,
         source_context=body.source_encryption_context,
         destination_context=body.destination_encryption_context,
     )

@@ -28,6 +28,7 @@ from kms_operator.errors import (
     InvalidCiphertext,
     InvalidImportToken,
     InvalidRequest,
+    KeyBoundElsewhere,
     KeyDisabled,
     KeyPendingDeletion,
     KeyPendingImport,
@@ -51,6 +52,9 @@ log = logging.getLogger(__name__)
 ALIAS_PREFIX = "alias/"
 DEFAULT_ALIAS_PREFIX = "alias/kms/"
 _ALIAS_PATTERN = re.compile(r"^alias/[a-zA-Z0-9/_-]{1,250}$")
+#: The one spelling of a key id: lower-case, hyphenated (``str(uuid.UUID(...))``). Braces,
+#: ``urn:uuid:`` prefixes, upper case or missing dashes name no key.
+_KEY_ID_PATTERN = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 MAX_PLAINTEXT = blobs.MAX_PLAINTEXT
 MATERIAL_SIZE = 32
 PENDING_WINDOW_DAYS = (7, 30)
@@ -136,11 +140,15 @@ class KeyService:
         self._keys: dict[uuid.UUID, KeyRecord] = {}
         self._by_name: dict[tuple[str, str], uuid.UUID] = {}
         self._by_alias: dict[tuple[str, str], uuid.UUID] = {}
+        #: The namespace UIDs the operator has seen, to detach keys of an earlier namespace.
+        self._namespace_uids: dict[str, str] = {}
         self._aeads: dict[tuple[uuid.UUID, int], primitives.Aead] = {}
         # Fast paths, filled by the first successful slow-path call and dropped whenever the
         # key's record changes: they hold only versions that are usable right now without a
         # clock read (Enabled key, material present, no validTo), so using them skips no check.
-        self._encrypt_hits: dict[tuple[str, str], tuple[KeyRecord, int, bytes]] = {}
+        # Both are keyed by what names a key in the store (its id; a blob's header), never by
+        # caller text, so their size is bounded by the store's versions.
+        self._encrypt_hits: dict[uuid.UUID, tuple[KeyRecord, int, bytes]] = {}
         self._decrypt_hits: dict[bytes, tuple[KeyRecord, int, primitives.Aead]] = {}
         self._hits_of: dict[uuid.UUID, list[tuple[dict[Any, Any], Any]]] = {}
         for record in store.list_keys():
@@ -170,34 +178,36 @@ class KeyService:
         return record
 
     def find(self, namespace: str, name: str) -> KeyRecord | None:
-        """The live (not destroyed) key bound to the custom resource ``namespace/name``."""
+        """The live (not destroyed, not detached) key bound to ``namespace/name``."""
         key_id = self._by_name.get((namespace, name))
         return None if key_id is None else self._keys[key_id]
 
-    def resolve(self, namespace: str, reference: str) -> KeyRecord:
-        """A key by name, ``alias/…`` or key id, within ``namespace``."""
-        if reference.startswith(ALIAS_PREFIX):
+    def resolve(self, namespace: str, reference: str | uuid.UUID) -> KeyRecord:
+        """A key by name, ``alias/…`` or canonical key id text, within ``namespace``.
+
+        A :class:`uuid.UUID` is a key id resolved already (the API authorizes the record it
+        resolved and then uses exactly that key, whatever moved in between).
+        """
+        key_id: uuid.UUID | None
+        if isinstance(reference, uuid.UUID):
+            key_id = reference
+        elif reference.startswith(ALIAS_PREFIX):
             key_id = self._by_alias.get((namespace, reference))
         else:
             key_id = self._by_name.get((namespace, reference))
-            if key_id is None:
-                try:
-                    candidate = uuid.UUID(reference)
-                except ValueError:
-                    candidate = None
-                found = self._keys.get(candidate) if candidate else None
-                if found is not None and found.namespace == namespace:
-                    key_id = candidate
-        if key_id is None:
-            raise NotFound(f"no key {reference!r} in namespace {namespace!r}")
-        return self._keys[key_id]
+            if key_id is None and _KEY_ID_PATTERN.match(reference):
+                key_id = uuid.UUID(reference)
+        record = None if key_id is None else self._keys.get(key_id)
+        if record is None or record.namespace != namespace or record.is_detached:
+            raise NotFound(f"no key {str(reference)!r} in namespace {namespace!r}")
+        return record
 
     def key_of_blob(self, ciphertext_blob: bytes) -> KeyRecord:
         """The key a blob names in its header; unknown keys are an ``InvalidCiphertext``."""
         header = blobs.parse_header(ciphertext_blob)
         record = self._keys.get(header.key_id)
-        if record is None:
-            log.debug("invalid ciphertext: unknown key id %s", header.key_id)
+        if record is None or record.is_detached:
+            log.debug("invalid ciphertext: unknown or detached key id %s", header.key_id)
             raise InvalidCiphertext()
         return record
 
@@ -226,6 +236,8 @@ class KeyService:
         enabled: bool = True,
         rotation_period_days: int | None = None,
         default_service: str | None = None,
+        namespace_uid: str | None = None,
+        object_uid: str | None = None,
     ) -> KeyRecord:
         """Create the key bound to ``namespace/name``; return the existing one if bound already.
 
@@ -264,6 +276,8 @@ class KeyService:
                     else None
                 ),
                 default_service=default_service,
+                namespace_uid=namespace_uid,
+                object_uid=object_uid,
             )
             self._store.create(record, material)
             self._remember(record, material)
@@ -291,6 +305,91 @@ class KeyService:
                     f"not the default key for {service}"
                 )
             return record
+
+    def bind(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        namespace_uid: str,
+        object_uid: str,
+        claimed_key_id: uuid.UUID | None = None,
+    ) -> KeyRecord | None:
+        """The key the object ``namespace/name`` (with these UIDs) holds; None: it holds none.
+
+        A key passes to a new object only within the same namespace (same UID), and only when
+        it is the same object or the object claims the key by id (``claimed_key_id``: the
+        ``kms.cmk.dev/key-id`` annotation the operator puts on objects it recreates, or the
+        object's own ``status.keyId``). A key of an earlier namespace of the same name is
+        detached and None is returned, so the new tenant gets a new key. A key of an earlier
+        object in the same namespace that the new one does not claim is
+        :class:`KeyBoundElsewhere`: nothing is created or adopted without the user's word.
+        Keys written before schema 2 carry no UIDs; they are adopted only by a claim.
+        """
+        with self._lock:
+            self.observe_namespace(namespace, namespace_uid)
+            record = self.find(namespace, name)
+            if record is None and claimed_key_id is not None:
+                claimed = self._keys.get(claimed_key_id)
+                if (
+                    claimed is not None
+                    and claimed.is_detached
+                    and claimed.state is not KeyState.DESTROYED
+                    and (claimed.namespace, claimed.name) == (namespace, name)
+                    and claimed.namespace_uid in (None, namespace_uid)
+                ):
+                    record = claimed
+            if record is None:
+                return None
+            claimed_here = claimed_key_id == record.key_id
+            if record.object_uid != object_uid and not claimed_here:
+                if record.object_uid is None:
+                    # Written before schema 2: only the object that holds its id may adopt it.
+                    self._detach(record, "unclaimed after the upgrade to schema 2")
+                    return None
+                raise KeyBoundElsewhere(
+                    f"key {record.key_id} ({record.state}) belongs to an earlier object named "
+                    f"{namespace}/{name}; annotate kms.cmk.dev/key-id={record.key_id} to take "
+                    "it over"
+                )
+            if (record.namespace_uid, record.object_uid, record.detached_at) == (
+                namespace_uid,
+                object_uid,
+                None,
+            ):
+                return record
+            log.info(
+                "key %s bound to object %s of %s/%s", record.key_id, object_uid, namespace, name
+            )
+            return self._save(
+                record.evolve(namespace_uid=namespace_uid, object_uid=object_uid, detached_at=None)
+            )
+
+    def observe_namespace(self, namespace: str, uid: str) -> list[KeyRecord]:
+        """Record the namespace's current UID; detach and return the keys of an earlier one."""
+        with self._lock:
+            if self._namespace_uids.get(namespace) == uid:
+                return []
+            self._namespace_uids[namespace] = uid
+            stale = [
+                r
+                for r in self._keys.values()
+                if r.namespace == namespace
+                and r.namespace_uid not in (None, uid)
+                and not r.is_detached
+                and r.state is not KeyState.DESTROYED
+            ]
+            return [self._detach(r, "its namespace was deleted and created again") for r in stale]
+
+    def _detach(self, record: KeyRecord, why: str) -> KeyRecord:
+        log.warning(
+            "key %s of %s/%s detached (%s): it answers no name or alias and keeps its schedule",
+            record.key_id,
+            record.namespace,
+            record.name,
+            why,
+        )
+        return self._save(record.evolve(detached_at=self.clock.now(), aliases=()))
 
     def set_enabled(self, key_id: uuid.UUID, enabled: bool) -> KeyRecord:
         with self._lock:
@@ -624,7 +723,7 @@ class KeyService:
     def encrypt(
         self,
         namespace: str,
-        reference: str,
+        reference: str | uuid.UUID,
         plaintext: bytes,
         context: Mapping[str, str] | None = None,
     ) -> EncryptResult:
@@ -633,15 +732,15 @@ class KeyService:
                 f"plaintext is {len(plaintext)} bytes; at most {MAX_PLAINTEXT} are accepted",
                 field="plaintext",
             )
-        hit = self._encrypt_hits.get((namespace, reference))
+        record = self.resolve(namespace, reference)
+        hit = self._encrypt_hits.get(record.key_id)
         if hit is None:
-            record = self.resolve(namespace, reference)
             version = self._current_usable_version(record, "encrypt")
             prefix = blobs.header_prefix(record.key_id, version)
             self._aead(record, version)
             hit = (record, version, prefix)
             if self._fast(record, version):
-                self._remember_hit(record.key_id, (namespace, reference), hit, self._encrypt_hits)
+                self._remember_hit(record.key_id, record.key_id, hit, self._encrypt_hits)
         record, version, prefix = hit
         aead = self._aeads[(record.key_id, version)]
         return EncryptResult(
@@ -658,8 +757,8 @@ class KeyService:
             return DecryptResult(plaintext, hit[0].key_id, hit[1])
         header = blobs.parse_header(ciphertext_blob)
         found_record = self._keys.get(header.key_id)
-        if found_record is None:
-            log.debug("invalid ciphertext: unknown key id %s", header.key_id)
+        if found_record is None or found_record.is_detached:
+            log.debug("invalid ciphertext: unknown or detached key id %s", header.key_id)
             raise InvalidCiphertext()
         record, version = found_record, header.version
         self._require_usable(record, "decrypt")
@@ -681,7 +780,7 @@ class KeyService:
     def generate_data_key(
         self,
         namespace: str,
-        reference: str,
+        reference: str | uuid.UUID,
         *,
         key_spec: str | None = None,
         number_of_bytes: int | None = None,
@@ -702,16 +801,17 @@ class KeyService:
         self,
         ciphertext_blob: bytes,
         destination_namespace: str,
-        destination_reference: str,
+        destination_reference: str | uuid.UUID,
         *,
         source_context: Mapping[str, str] | None = None,
         destination_context: Mapping[str, str] | None = None,
     ) -> ReEncryptResult:
-        # Resolve the destination first, so a wrong destination costs no decryption.
-        self.resolve(destination_namespace, destination_reference)
+        # Resolve the destination first, so a wrong destination costs no decryption; then
+        # encrypt under exactly that key (an alias moved meanwhile changes nothing).
+        destination = self.resolve(destination_namespace, destination_reference)
         opened = self.decrypt(ciphertext_blob, source_context)
         sealed = self.encrypt(
-            destination_namespace, destination_reference, opened.plaintext, destination_context
+            destination_namespace, destination.key_id, opened.plaintext, destination_context
         )
         return ReEncryptResult(
             sealed.ciphertext_blob,
@@ -858,11 +958,12 @@ class KeyService:
                 self._by_alias.pop((previous.namespace, alias), None)
         self._keys[record.key_id] = record
         binding = (record.namespace, record.name)
-        if record.state is KeyState.DESTROYED:
+        if record.state is KeyState.DESTROYED or record.is_detached:
             if self._by_name.get(binding) == record.key_id:
                 del self._by_name[binding]
-            for version in record.versions:
-                self._aeads.pop((record.key_id, version.version), None)
+            if record.state is KeyState.DESTROYED:
+                for version in record.versions:
+                    self._aeads.pop((record.key_id, version.version), None)
             return
         self._by_name[binding] = record.key_id
         for alias in record.aliases:

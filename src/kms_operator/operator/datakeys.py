@@ -442,7 +442,7 @@ def _reconcile_once(runtime: Runtime, secrets: Secrets, view: DataKeyView) -> Ou
     if blob is None:
         generated = service.generate_data_key(
             namespace,
-            str(record.key_id),
+            record.key_id,
             key_spec=spec.key_spec,
             number_of_bytes=spec.number_of_bytes,
             context=context,
@@ -497,7 +497,7 @@ def _reconcile_once(runtime: Runtime, secrets: Secrets, view: DataKeyView) -> Ou
             moved = service.re_encrypt(
                 blob,
                 namespace,
-                str(record.key_id),
+                record.key_id,
                 source_context=context,
                 destination_context=context,
             )

@@ -73,6 +73,16 @@ class KeyRecord:
     destroyed_at: datetime | None = None
     #: The integration a default key serves (``datakeys``), None for a user's key.
     default_service: str | None = None
+    #: UIDs of the namespace and the CustomerMasterKey the key is bound to (None in stores
+    #: written before schema 2, until the object that holds the key binds it again). A
+    #: namespace or object re-created with the same name has new UIDs, so it never inherits
+    #: an older key (DESIGN.md section 5).
+    namespace_uid: str | None = None
+    object_uid: str | None = None
+    #: When the key lost its binding (its namespace was re-created, or its object replaced by
+    #: one that did not claim it). A detached key answers no name or alias, encrypts and
+    #: decrypts nothing, and keeps its own deletion schedule.
+    detached_at: datetime | None = None
 
     @property
     def current_version(self) -> int:
@@ -81,6 +91,10 @@ class KeyRecord:
     @property
     def is_default(self) -> bool:
         return self.default_service is not None
+
+    @property
+    def is_detached(self) -> bool:
+        return self.detached_at is not None
 
     def version(self, number: int) -> VersionRecord | None:
         if 1 <= number <= len(self.versions):

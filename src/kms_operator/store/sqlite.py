@@ -96,6 +96,16 @@ MIGRATIONS: tuple[str, ...] = (
         expires_at TEXT NOT NULL
     );
     """,
+    # 2: keys are bound to the UIDs of their namespace and object, and may be detached (a
+    # namespace re-created with the same name never inherits the old tenant's keys).
+    """
+    ALTER TABLE keys ADD COLUMN namespace_uid TEXT;
+    ALTER TABLE keys ADD COLUMN object_uid TEXT;
+    ALTER TABLE keys ADD COLUMN detached_at TEXT;
+    DROP INDEX keys_binding;
+    CREATE UNIQUE INDEX keys_binding ON keys (namespace, name)
+        WHERE destroyed_at IS NULL AND detached_at IS NULL;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -242,6 +252,9 @@ class SqliteKeyStore:
             destroyed_at=_dt(row[13]),
             default_service=row[14],
             created_at=datetime.fromisoformat(str(row[15])),
+            namespace_uid=row[17],
+            object_uid=row[18],
+            detached_at=_dt(row[19]),
             versions=versions,
             aliases=aliases,
         )
@@ -492,6 +505,9 @@ _KEY_COLUMN_NAMES = (
     "default_service",
     "created_at",
     "state",
+    "namespace_uid",
+    "object_uid",
+    "detached_at",
 )
 _KEY_COLUMNS = ", ".join(_KEY_COLUMN_NAMES)
 _KEY_PLACEHOLDERS = ", ".join("?" for _ in _KEY_COLUMN_NAMES)
@@ -520,6 +536,9 @@ def _key_row(record: KeyRecord) -> tuple[object, ...]:
         record.default_service,
         record.created_at.isoformat(),
         record.state.value,
+        record.namespace_uid,
+        record.object_uid,
+        _ts(record.detached_at),
     )
 
 
