@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -20,6 +21,14 @@ COMPONENT = "kms-operator"
 Body = dict[str, Any]
 
 
+@dataclass(frozen=True)
+class NamespaceInfo:
+    """What binding a key needs of its namespace: the UID, and whether it is being deleted."""
+
+    uid: str
+    terminating: bool
+
+
 class CrdNotInstalled(KmsError):
     """Our CustomResourceDefinitions are missing from the cluster."""
 
@@ -30,6 +39,21 @@ class Objects:
     def __init__(self, api_client: client.ApiClient) -> None:
         self._custom = client.CustomObjectsApi(api_client)
         self._core = client.CoreV1Api(api_client)
+
+    def namespace_info(self, namespace: str) -> NamespaceInfo | None:
+        """The namespace's UID and whether it is terminating; None when it does not exist."""
+        try:
+            found = self._core.read_namespace(namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        meta, status = found.metadata, found.status
+        assert meta is not None  # the API server always sends metadata
+        terminating = meta.deletion_timestamp is not None or (
+            status is not None and status.phase == "Terminating"
+        )
+        return NamespaceInfo(uid=str(meta.uid), terminating=terminating)
 
     def get_cmk(self, namespace: str, name: str) -> Body | None:
         try:
