@@ -163,7 +163,10 @@ def build_auth(settings: Settings, api_client: ApiClient | None) -> Auth:
         settings.auth_cache_seconds,
         pool=token_pool,
     )
-    log.info("API callers need a ServiceAccount token for audience %s", settings.token_audiences)
+    log.info(
+        "API callers need a ServiceAccount token for audience %s",
+        " or ".join(settings.token_audiences),
+    )
 
     def review_access(
         user: reviews.UserInfo, verb: str, namespace: str, name: str | None
@@ -235,9 +238,14 @@ async def start_api_server(
     except BaseException:
         auth.close()
         raise
-    if serving.generated and api_client is not None:
-        await _publish_ca(api_client, settings, serving.ca_pem)
-    sink = audit.open_sink(settings.audit_log)
+    try:
+        if serving.generated and api_client is not None:
+            await _publish_ca(api_client, settings, serving.ca_pem)
+        sink = audit.open_sink(settings.audit_log)
+    except BaseException:
+        auth.close()
+        serving.cleanup()
+        raise
     timeout = settings.request_timeout_seconds
     app = create_app(
         service,
@@ -254,16 +262,16 @@ async def start_api_server(
         keepalive_timeout=timeout,
         lingering_time=min(LINGERING_SECONDS, timeout),
     )
-    await runner.setup()
-    site = _TlsSite(
-        runner,
-        settings.api_host,
-        settings.api_port,
-        ssl_context=serving.context,
-        backlog=512,
-        handshake_timeout=timeout,
-    )
     try:
+        await runner.setup()
+        site = _TlsSite(
+            runner,
+            settings.api_host,
+            settings.api_port,
+            ssl_context=serving.context,
+            backlog=512,
+            handshake_timeout=timeout,
+        )
         await site.start()
     except BaseException:
         await runner.cleanup()
