@@ -1,13 +1,20 @@
 """Settings of ``kms-operator run``, shared by the operator, the API and the CLI.
 
-Each field has a command-line flag and an environment fallback (``KMS_<FIELD>``); see
-:mod:`kms_operator.cli.operator_cli`.
+Each field has a command-line flag and an environment fallback (``KMS_<FIELD>``), except
+``static_token_file``, which only the flag sets; see :mod:`kms_operator.cli.operator_cli`.
+Values that would make the process misbehave (a day of zero seconds, no token audience) are
+refused here with a ``ValueError`` naming the field, whoever builds the settings.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
+
+#: The audience of the KMS's ServiceAccount tokens (DESIGN.md section 6): a token made for the
+#: Kubernetes API server (or anything else) is refused.
+DEFAULT_TOKEN_AUDIENCE = "kms.cmk.dev"  # noqa: S105 - an audience name, not a secret
 
 
 @dataclass(frozen=True)
@@ -38,10 +45,14 @@ class Settings:
     #: The Service in ``operator_namespace`` that fronts the API: its DNS names go into the
     #: generated serving certificate.
     api_service_name: str = "kms-operator"
-    token_audiences: tuple[str, ...] = ()
+    #: Audiences a caller's token must have (TokenReview's ``status.audiences`` must name one).
+    token_audiences: tuple[str, ...] = (DEFAULT_TOKEN_AUDIENCE,)
     static_token_file: Path | None = None
     auth_cache_seconds: float = 10.0
     audit_log: str = "-"  # a file path, or "-" for stdout
+    #: A request (TLS handshake, head, then body) must arrive whole within this many seconds,
+    #: and a connection idle for as long is closed.
+    request_timeout_seconds: float = 10.0
 
     # Admission webhook (Kopf's), optional.
     webhook_enabled: bool = False
@@ -55,3 +66,21 @@ class Settings:
     max_workers: int = 100
     watch_server_timeout: int = 300
     watch_client_timeout: int = 330
+
+    def __post_init__(self) -> None:
+        _positive("day_seconds", self.day_seconds)
+        _positive("request_timeout_seconds", self.request_timeout_seconds)
+        if not (math.isfinite(self.auth_cache_seconds) and self.auth_cache_seconds >= 0):
+            raise ValueError(
+                f"auth_cache_seconds must be zero or more seconds, got {self.auth_cache_seconds}"
+            )
+        if not self.token_audiences or not all(a.strip() for a in self.token_audiences):
+            raise ValueError(
+                "token_audiences must name at least one non-empty audience "
+                f"(default {DEFAULT_TOKEN_AUDIENCE!r})"
+            )
+
+
+def _positive(name: str, value: float) -> None:
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a positive number of seconds, got {value}")

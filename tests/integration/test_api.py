@@ -1,14 +1,16 @@
 """The data-plane API of the real ``kms-operator run`` process, against the real control plane.
 
-Callers are real ServiceAccounts with tokens from the TokenRequest API; their rights come
-from real Roles and RoleBindings (TokenReview and SubjectAccessReview are the API server's).
-Keys are CustomerMasterKey objects created through the Kubernetes API.
+Callers are real ServiceAccounts with tokens from the TokenRequest API, made for the KMS's
+audience ``kms.cmk.dev``; their rights come from real Roles and RoleBindings (TokenReview and
+SubjectAccessReview are the API server's). Keys are CustomerMasterKey objects created through
+the Kubernetes API.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import os
 import ssl
 import subprocess
 import sys
@@ -27,15 +29,22 @@ from kms_operator.errors import InvalidCiphertext
 pytestmark = pytest.mark.integration
 
 GROUP = "kms.cmk.dev"
+#: The audience the operator's API expects by default.
+KMS_AUDIENCE = "kms.cmk.dev"
 
 
 # -- helpers ---------------------------------------------------------------------------------
 
 
 def _service_account(
-    kube_api: client.ApiClient, namespace: str, name: str, verbs: list[str]
+    kube_api: client.ApiClient,
+    namespace: str,
+    name: str,
+    verbs: list[str],
+    audiences: list[str] | None = None,
 ) -> str:
-    """A ServiceAccount bound to a Role with ``verbs`` on customermasterkeys; its token."""
+    """A ServiceAccount bound to a Role with ``verbs`` on customermasterkeys; its token for
+    ``audiences`` (default: the KMS's; ``[]``: the API server's own default audience)."""
     core, rbac = client.CoreV1Api(kube_api), client.RbacAuthorizationV1Api(kube_api)
     core.create_namespaced_service_account(
         namespace, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name=name))
@@ -64,11 +73,15 @@ def _service_account(
                 ],
             ),
         )
-    answer = core.create_namespaced_service_account_token(
+    return _token(kube_api, namespace, name, [KMS_AUDIENCE] if audiences is None else audiences)
+
+
+def _token(kube_api: client.ApiClient, namespace: str, name: str, audiences: list[str]) -> str:
+    answer = client.CoreV1Api(kube_api).create_namespaced_service_account_token(
         name,
         namespace,
         client.AuthenticationV1TokenRequest(
-            spec=client.V1TokenRequestSpec(expiration_seconds=3600)
+            spec=client.V1TokenRequestSpec(audiences=audiences or None, expiration_seconds=3600)
         ),
     )
     return str(answer.status.token)
@@ -164,6 +177,35 @@ def test_no_token_is_401_and_a_bad_token_too(api: Api, namespace: str, key: str)
     assert status == 401 and _code(answer) == "Unauthenticated"
     status, answer = api.encrypt("not-a-real-token", namespace, key, b"x")
     assert status == 401 and _code(answer) == "Unauthenticated"
+    # Shaped like a ServiceAccount token, so TokenReview is asked, and refuses it.
+    forged = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl"
+    status, answer = api.encrypt(forged, namespace, key, b"x")
+    assert status == 401 and _code(answer) == "Unauthenticated"
+
+
+def test_a_token_for_the_api_servers_audience_is_refused(
+    api: Api, kube_api: client.ApiClient, namespace: str, key: str
+) -> None:
+    """A token handed to the KMS must not be one that also works against the API server."""
+    for_api_server = _service_account(kube_api, namespace, "replayer", ["encrypt"], audiences=[])
+    # It is a valid token, for the Kubernetes API server...
+    review = client.AuthenticationV1Api(kube_api).create_token_review(
+        client.V1TokenReview(spec=client.V1TokenReviewSpec(token=for_api_server))
+    )
+    assert review.status.authenticated is True
+    # ...so the KMS refuses it,
+    status, answer = api.encrypt(for_api_server, namespace, key, b"x")
+    assert status == 401 and _code(answer) == "Unauthenticated", answer
+    for_other = _token(kube_api, namespace, "replayer", ["vault"])
+    status, answer = api.encrypt(for_other, namespace, key, b"x")
+    assert status == 401 and _code(answer) == "Unauthenticated", answer
+    # ...and accepts the same ServiceAccount's token for its own audience.
+    for_kms = _token(kube_api, namespace, "replayer", [KMS_AUDIENCE])
+    status, answer = api.encrypt(for_kms, namespace, key, b"x")
+    assert status == 200, answer
+    for_both = _token(kube_api, namespace, "replayer", ["vault", KMS_AUDIENCE])
+    status, answer = api.encrypt(for_both, namespace, key, b"x")
+    assert status == 200, answer
 
 
 def test_token_of_another_namespace_is_403(
@@ -312,3 +354,41 @@ def test_kmsctl_blob_decrypts_after_rotation(
     newer = kmsctl("encrypt", "-n", namespace, "--key", key, stdin=b"after")
     assert int.from_bytes(newer[20:24], "big") == before + 1
     assert kmsctl("decrypt", "--context", "k=v", stdin=blob) == plaintext
+
+
+def test_kmsctl_mints_a_token_for_a_service_account_from_a_kubeconfig(
+    *,
+    api: Api,
+    kube_api: client.ApiClient,
+    namespace: str,
+    key: str,
+    operator_process: OperatorProcess,
+) -> None:
+    _service_account(kube_api, namespace, "person", ["encrypt", "decrypt"])
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KMS_", "KUBECONFIG"))}
+    connection = [
+        "--server", operator_process.api_url, "--ca-file", str(operator_process.ca_file),
+        "--kubeconfig", str(operator_process.plane.kubeconfig),
+    ]  # fmt: skip
+
+    def kmsctl(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            [sys.executable, "-m", "kms_operator.cli.kmsctl", *args, *connection],
+            input=stdin, capture_output=True, timeout=60, check=False, env=env,
+        )  # fmt: skip
+
+    sealed = kmsctl("encrypt", "-n", namespace, "--key", key,
+                    "--service-account", f"{namespace}/person", stdin=b"minted")  # fmt: skip
+    assert sealed.returncode == 0, sealed.stderr.decode()
+    opened = kmsctl("decrypt", "--service-account", f"{namespace}/person", stdin=sealed.stdout)
+    assert opened.returncode == 0 and opened.stdout == b"minted", opened.stderr.decode()
+    lines = [x for x in _audit_lines(operator_process) if x["namespace"] == namespace]
+    assert lines[-1]["caller"] == f"system:serviceaccount:{namespace}:person"
+    # A token for another audience, as the KMS sees it: refused.
+    other = kmsctl("random", "--number-of-bytes", "4", "--audience", "not-the-kms",
+                   "--service-account", f"{namespace}/person")  # fmt: skip
+    assert other.returncode == 1 and b"error: Unauthenticated: " in other.stderr
+    missing = kmsctl("random", "--number-of-bytes", "4",
+                     "--service-account", f"{namespace}/nobody")  # fmt: skip
+    assert missing.returncode == 1
+    assert b"error: TokenRequestFailed: " in missing.stderr and b"404" in missing.stderr

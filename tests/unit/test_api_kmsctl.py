@@ -16,6 +16,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from kms_operator.api.server import ApiServer, start_api_server
+from kms_operator.cli import kmsctl
 from kms_operator.cli.kmsctl import main
 from kms_operator.errors import InvalidCiphertext
 from kms_operator.keys.service import KeyService
@@ -179,3 +180,93 @@ def test_open_group_lists_the_data_plane_commands() -> None:
     result = CliRunner().invoke(main, ["--help"])
     for command in ("encrypt", "decrypt", "generate-data-key", "re-encrypt", "random"):
         assert command in result.output
+
+
+# -- tokens for the KMS's audience (issue 8, item 6) ---------------------------------------
+
+
+def _connection_args(cli: Cli) -> list[str]:
+    return ["--server", cli.api.url, "--ca-file", str(cli.ca_file)]
+
+
+NO_TOKEN_ENV = {"KMS_TOKEN": "", "KMS_TOKEN_FILE": "", "KMS_SERVICE_ACCOUNT": ""}
+
+
+async def test_the_projected_token_is_read_when_no_token_is_given(
+    cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert Path("/var/run/secrets/kms.cmk.dev/token") == kmsctl.PROJECTED_TOKEN
+    projected = cli.tmp / "projected" / "token"
+    projected.parent.mkdir()
+    projected.write_text(TOKEN + "\n")
+    monkeypatch.setattr(kmsctl, "PROJECTED_TOKEN", projected)
+    result = await cli.run(
+        "random", "--number-of-bytes", "4", *_connection_args(cli), env=NO_TOKEN_ENV, auth=False
+    )
+    assert result.exit_code == 0, result.output
+
+
+async def test_the_pods_api_server_token_is_never_sent(
+    cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service_account = cli.tmp / "serviceaccount"
+    service_account.mkdir()
+    (service_account / "token").write_text(TOKEN)  # would be accepted if it were sent
+    monkeypatch.setattr(kmsctl, "SERVICE_ACCOUNT_DIR", service_account)
+    monkeypatch.setattr(kmsctl, "PROJECTED_TOKEN", cli.tmp / "absent" / "token")
+    result = await cli.run(
+        "random", "--number-of-bytes", "4", *_connection_args(cli), env=NO_TOKEN_ENV, auth=False
+    )
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: Configuration: no token")
+    assert "kms.cmk.dev" in result.stderr and "--service-account" in result.stderr
+
+
+async def test_service_account_mints_a_token_for_the_kms_audience(
+    cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    minted: list[tuple[str, str, tuple[str, ...], int]] = []
+    closed: list[bool] = []
+
+    class FakeClient:
+        def close(self) -> None:
+            closed.append(True)
+
+    def request_token(
+        api: object, namespace: str, name: str, *, audiences: tuple[str, ...],
+        expiration_seconds: int,
+    ) -> str:  # fmt: skip
+        assert isinstance(api, FakeClient)
+        minted.append((namespace, name, tuple(audiences), expiration_seconds))
+        return TOKEN
+
+    kubeconfig = cli.tmp / "kubeconfig"
+    kubeconfig.write_text("apiVersion: v1\nkind: Config\n")
+    loaded: list[Path | None] = []
+    monkeypatch.setattr(kmsctl, "load_api_client", lambda path: loaded.append(path) or FakeClient())
+    monkeypatch.setattr(kmsctl.reviews, "request_token", request_token)
+    args = [*_connection_args(cli), "--kubeconfig", str(kubeconfig)]
+    result = await cli.run(
+        "random", "--number-of-bytes", "4", "--service-account", "dev/app", *args,
+        env=NO_TOKEN_ENV, auth=False,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert minted == [("dev", "app", ("kms.cmk.dev",), 600)] and closed == [True]
+    assert loaded == [kubeconfig]
+    other = await cli.run(
+        "random", "--number-of-bytes", "4", "--service-account", "dev/app", "--audience", "kms-2",
+        *args, env=NO_TOKEN_ENV, auth=False,
+    )  # fmt: skip
+    assert other.exit_code == 0 and minted[-1][2] == ("kms-2",)
+    for bad in ("app", "dev/", "/app", "a/b/c"):
+        refused = await cli.run(
+            "random", "--number-of-bytes", "4", "--service-account", bad, *args,
+            env=NO_TOKEN_ENV, auth=False,
+        )  # fmt: skip
+        assert refused.exit_code == 1 and "NAMESPACE/NAME" in refused.stderr, refused.stderr
+    both = await cli.run(
+        "random", "--number-of-bytes", "4", "--service-account", "dev/app", "--token", "t",
+        *args, env=NO_TOKEN_ENV, auth=False,
+    )  # fmt: skip
+    assert both.exit_code == 1 and "not both" in both.stderr
+    assert len(minted) == 2

@@ -20,7 +20,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from kms_operator.api.app import create_app, state_of
 from kms_operator.api.audit import AuditRecord
-from kms_operator.api.auth import StaticTokens
+from kms_operator.api.auth import ReviewsBusy, StaticTokens
 from kms_operator.errors import AccessDenied, InvalidCiphertext
 from kms_operator.keys.service import KeyService
 from kms_operator.kube.reviews import UserInfo
@@ -703,3 +703,133 @@ async def test_openapi_describes_every_route_and_only_those(api: Api) -> None:
         "InvalidRequest", "InvalidCiphertext", "Unauthenticated", "AccessDenied", "NotFound",
         "KeyDisabled", "KeyPendingImport", "KeyPendingDeletion", "InternalError",
     }  # fmt: skip
+
+
+# -- security review (issue 8): nesting, refusal texts, bounded audit fields, overload ----
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"[" * 60000,
+        b'{"plaintext": ' + b"[" * 60000,
+        b'{"plaintext": "YQ==", "encryptionContext": ' + b'{"a": ' * 17 + b"1" + b"}" * 18,
+        b"[" * 17 + b"]" * 17,
+    ],
+)
+async def test_deeply_nested_json_is_invalid_request_without_a_traceback(
+    api: Api, raw: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    api.grants.allow("alice", "encrypt", NS)
+    caplog.set_level("DEBUG")
+    status, answer = await api.post(ENCRYPT, raw=raw)
+    assert status == 400, answer
+    code, message = error(answer)
+    assert code == "InvalidRequest" and "body" in message
+    assert not [r for r in caplog.records if r.exc_info or r.levelname in ("ERROR", "CRITICAL")]
+    assert "Traceback" not in caplog.text and "RecursionError" not in caplog.text
+    assert api.audit.records[-1]["errorCode"] == "InvalidRequest"
+
+
+async def test_nesting_within_the_bound_and_brackets_in_strings_still_parse(api: Api) -> None:
+    api.grants.allow("alice", "encrypt", NS)
+    context = {f"k{n}": "[[[[{{{{" * 8 + '"]' for n in range(10)}
+    status, answer = await api.post(ENCRYPT, {"plaintext": b64(b"x"), "encryptionContext": context})
+    assert status == 200, answer
+
+
+async def test_decrypt_refusal_names_the_key_id_only(api: Api) -> None:
+    api.grants.allow("alice", "encrypt,decrypt", NS)
+    blob = await api.encrypt(b"x")
+    for path, body in (
+        ("/v1/decrypt", {"ciphertextBlob": blob}),
+        ("/v1/re-encrypt", {"ciphertextBlob": blob,
+                            "destination": {"namespace": OTHER_NS, "key": "archive"}}),
+    ):  # fmt: skip
+        status, answer = await api.post(path, body, token=BOB)
+        assert status == 403, answer
+        code, message = error(answer)
+        assert code == "AccessDenied" and str(api.key.key_id) in message
+        assert "payments" not in message and NS not in message, message
+        assert "decrypt" in message
+        # The audit line, for the KMS's operators, still names the key fully.
+        line = api.audit.records[-1]
+        assert line["outcome"] == "denied"
+        names = line.get("source") or line
+        assert names["keyName"] == "payments" and names["namespace"] == NS
+
+
+async def test_audit_fields_are_bounded_with_and_without_a_token(api: Api) -> None:
+    api.grants.allow("alice", "encrypt", NS)
+    huge = "n" * 8000
+    path = f"/v1/namespaces/{huge}/keys/payments/encrypt"
+    status, answer = await api.post(path, {"plaintext": b64(b"x")}, token=None)
+    assert status == 401, answer
+    status, answer = await api.post(path, {"plaintext": b64(b"x")})
+    assert status == 400 and error(answer)[0] == "InvalidRequest", answer
+    status, answer = await api.post(
+        f"/v1/namespaces/{NS}/keys/{'k' * 8000}/encrypt", {"plaintext": b64(b"x")}
+    )
+    assert status == 400 and error(answer)[0] == "InvalidRequest", answer
+    assert api.grants.asked == []  # no review for a name that cannot exist
+    for line, record in zip(api.audit.lines[-3:], api.audit.records[-3:], strict=True):
+        assert len(line) < 1024, len(line)
+        for value in record.values():
+            if isinstance(value, str):
+                assert len(value) <= 253 + len("...[truncated]")
+    assert api.audit.records[-3]["namespace"].endswith("...[truncated]")
+    assert api.audit.records[-1]["keyName"].endswith("...[truncated]")
+
+
+async def test_an_overloaded_review_pool_is_503_with_retry_after(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def busy(token: str) -> UserInfo:
+        raise ReviewsBusy("too many callers are being checked at once; retry in a moment")
+
+    monkeypatch.setattr(state_of(api.client.server.app).authenticator, "authenticate", busy)
+    async with api.client.post(
+        ENCRYPT, json={"plaintext": b64(b"x")}, headers={"Authorization": f"Bearer {ALICE}"}
+    ) as response:
+        assert response.status == 503
+        assert response.headers["Retry-After"] == "1"
+        assert error(await response.json())[0] == "ServiceUnavailable"
+    assert api.audit.records[-1]["errorCode"] == "ServiceUnavailable"
+
+
+async def test_readyz_lists_the_problems_of_readiness_checks(service: KeyService) -> None:
+    problems: dict[str, str | None] = {"scheduler": None}
+
+    def broken() -> str | None:
+        raise RuntimeError("secret detail")
+
+    app = create_app(
+        service,
+        authenticator=StaticTokens({}),
+        authorizer=StaticTokens({}),
+        audit=MemorySink(),
+        readiness_checks=[lambda: problems["scheduler"]],
+    )
+    state_of(app).ready = True
+    async with TestClient(TestServer(app)) as client:
+        async with client.get("/readyz") as response:
+            assert response.status == 200 and await response.json() == {"status": "ready"}
+        problems["scheduler"] = "deadline scheduler: store unavailable (retrying)"
+        async with client.get("/readyz") as response:
+            assert response.status == 503
+            assert await response.json() == {
+                "status": "not ready",
+                "problems": ["deadline scheduler: store unavailable (retrying)"],
+            }
+    app2 = create_app(
+        service,
+        authenticator=StaticTokens({}),
+        authorizer=StaticTokens({}),
+        audit=MemorySink(),
+        readiness_checks=[broken],
+    )
+    state_of(app2).ready = True
+    async with TestClient(TestServer(app2)) as client, client.get("/readyz") as response:
+        assert response.status == 503
+        text = await response.text()
+    assert "RuntimeError" in text and "secret detail" not in text

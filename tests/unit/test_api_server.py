@@ -3,6 +3,7 @@ readiness, the CA ConfigMap hand-off, and the serving certificate's names and re
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime
 import json
@@ -177,3 +178,137 @@ def test_file_audit_sink_appends_and_fails_loudly_when_closed(tmp_path: Path) ->
     assert len(lines) == 2 and json.loads(lines[1])["operation"] == "random"
     with pytest.raises(OSError, match="closed"):
         sink.write(AuditRecord("random", "r2"))
+
+
+# -- slow clients (issue 8, item 7): every stage of a connection has a time limit -------------
+
+#: Generous: the server's limit in these tests is 2 s; this only stops a hung test.
+DEADLINE = 60.0
+
+
+def _address(url: str) -> tuple[str, int]:
+    host, _, port = url.removeprefix("https://").rpartition(":")
+    return host, int(port)
+
+
+async def _until_closed(reader: asyncio.StreamReader) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    received = b""
+    try:
+        while chunk := await reader.read(65536):
+            received += chunk
+    except (ConnectionError, ssl.SSLError):
+        pass
+    return received
+
+
+async def test_half_sent_requests_are_all_closed_by_the_server(
+    service: KeyService, tmp_path: Path
+) -> None:
+    api = await server_module.start_api_server(
+        service, _settings(tmp_path, request_timeout_seconds=2.0), None
+    )
+    writers: list[asyncio.StreamWriter] = []
+    try:
+        host, port = _address(api.url)
+        context = ssl.create_default_context(cadata=api.ca_pem.decode())
+        readers: list[asyncio.StreamReader] = []
+        for _ in range(8):  # 200 connections, 25 handshakes at a time
+            opened = await asyncio.gather(
+                *(asyncio.open_connection(host, port, ssl=context) for _ in range(25))
+            )
+            for reader, writer in opened:
+                # The head of a request that never ends (no blank line).
+                writer.write(b"POST /v1/decrypt HTTP/1.1\r\nHost: kms\r\nContent-Length: 10\r\n")
+                readers.append(reader)
+                writers.append(writer)
+        assert len(readers) == 200
+        received = await asyncio.wait_for(
+            asyncio.gather(*(_until_closed(r) for r in readers)), DEADLINE
+        )
+        assert all(not data.startswith(b"HTTP/1.1 200") for data in received)
+        # The server still serves.
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"{api.url}/healthz", ssl=context) as response,
+        ):
+            assert response.status == 200
+    finally:
+        for writer in writers:
+            writer.close()
+        await api.stop()
+
+
+async def test_a_stalled_handshake_a_slow_body_and_an_idle_connection_are_closed(
+    service: KeyService, tmp_path: Path
+) -> None:
+    api = await server_module.start_api_server(
+        service, _settings(tmp_path, request_timeout_seconds=2.0), None
+    )
+    writers: list[asyncio.StreamWriter] = []
+    try:
+        host, port = _address(api.url)
+        context = ssl.create_default_context(cadata=api.ca_pem.decode())
+        # TCP without a TLS ClientHello.
+        silent, silent_writer = await asyncio.open_connection(host, port)
+        writers.append(silent_writer)
+        # A whole head, then a body that stops after 10 of its 100 bytes.
+        slow, slow_writer = await asyncio.open_connection(host, port, ssl=context)
+        writers.append(slow_writer)
+        slow_writer.write(
+            b"POST /v1/random HTTP/1.1\r\nHost: kms\r\nContent-Type: application/json\r\n"
+            b"Authorization: Bearer " + TOKEN.encode() + b"\r\nContent-Length: 100\r\n\r\n"
+            b'{"numberOf'
+        )
+        # A complete request on a keep-alive connection, then nothing.
+        idle, idle_writer = await asyncio.open_connection(host, port, ssl=context)
+        writers.append(idle_writer)
+        idle_writer.write(b"GET /healthz HTTP/1.1\r\nHost: kms\r\n\r\n")
+        silent_data, slow_data, idle_data = await asyncio.wait_for(
+            asyncio.gather(_until_closed(silent), _until_closed(slow), _until_closed(idle)),
+            DEADLINE,
+        )
+        assert silent_data == b""
+        assert slow_data.startswith(b"HTTP/1.1 408 "), slow_data[:200]
+        assert b"Connection: close" in slow_data and b'"code":"InvalidRequest"' in slow_data
+        assert idle_data.startswith(b"HTTP/1.1 200 ") and idle_data.count(b"HTTP/1.1") == 1
+    finally:
+        for writer in writers:
+            writer.close()
+        await api.stop()
+    lines = [json.loads(x) for x in Path(_settings(tmp_path).audit_log).read_text().splitlines()]
+    assert [(x["operation"], x["errorCode"]) for x in lines] == [("random", "InvalidRequest")]
+
+
+async def test_readiness_checks_of_other_components_show_in_readyz(
+    service: KeyService, tmp_path: Path
+) -> None:
+    health: dict[str, str | None] = {"scheduler": None, "other": None}
+    api = await server_module.start_api_server(
+        service,
+        _settings(tmp_path),
+        None,
+        readiness_checks=[lambda: health["scheduler"], lambda: health["other"]],
+    )
+    try:
+        api.mark_ready()
+        context = ssl.create_default_context(cadata=api.ca_pem.decode())
+        async with aiohttp.ClientSession() as session:
+
+            async def readyz() -> tuple[int, dict[str, Any]]:
+                async with session.get(f"{api.url}/readyz", ssl=context) as response:
+                    return response.status, await response.json()
+
+            assert await readyz() == (200, {"status": "ready"})
+            health["scheduler"] = "deadline scheduler: the store failed (retrying in 4 s)"
+            assert await readyz() == (
+                503,
+                {
+                    "status": "not ready",
+                    "problems": ["deadline scheduler: the store failed (retrying in 4 s)"],
+                },
+            )
+            health["scheduler"] = None
+            assert await readyz() == (200, {"status": "ready"})
+    finally:
+        await api.stop()

@@ -7,6 +7,8 @@ and the benchmark pass doubles.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from aiohttp import web
 
 from kms_operator.keys.service import KeyService
@@ -14,7 +16,7 @@ from kms_operator.keys.service import KeyService
 from . import crypto_routes, health, keys_routes, openapi
 from .audit import AuditSink
 from .auth import Authenticator, Authorizer
-from .calls import NO_ROUTE, STATE, ApiState, no_route
+from .calls import NO_ROUTE, STATE, ApiState, ReadinessCheck, no_route
 from .metrics import ApiMetrics
 
 #: Largest request body: a 4096-byte plaintext in base64 plus a generous encryption context.
@@ -28,6 +30,8 @@ def create_app(
     authorizer: Authorizer,
     audit: AuditSink,
     max_body_bytes: int = MAX_BODY_BYTES,
+    request_timeout_seconds: float = 10.0,
+    readiness_checks: Sequence[ReadinessCheck] = (),
 ) -> web.Application:
     app = web.Application(client_max_size=max_body_bytes)
     app[STATE] = ApiState(
@@ -37,6 +41,8 @@ def create_app(
         audit=audit,
         metrics=ApiMetrics(service.keys),
         max_body_bytes=max_body_bytes,
+        request_timeout_seconds=request_timeout_seconds,
+        readiness_checks=tuple(readiness_checks),
     )
     crypto_routes.add_routes(app)
     keys_routes.add_routes(app)

@@ -4,6 +4,8 @@ A line says who called (user name), what (operation), on which key (namespace, n
 version; the source key too for re-encrypt), the outcome (``allowed``, ``denied`` for
 authentication and authorization refusals, ``error`` for every other refusal) with its error
 code, and from where. It never holds plaintext, blobs, tokens or encryption-context values.
+Every text field is bounded (:func:`bounded`: at most :data:`MAX_FIELD_CHARS` characters, then
+a marker), so a caller cannot make a line long, with or without a token.
 
 If a line cannot be written the caller gets a 500 instead of the result
 (:mod:`.calls` does that); the sinks therefore raise instead of swallowing errors.
@@ -21,6 +23,17 @@ from typing import Protocol
 
 _quote = json.encoder.encode_basestring
 _second: list[object] = [None, ""]
+
+#: Longest text kept in one audit field (a Kubernetes object name's limit).
+MAX_FIELD_CHARS = 253
+TRUNCATED_MARKER = "...[truncated]"
+
+
+def bounded(value: str | None) -> str | None:
+    """``value`` cut to :data:`MAX_FIELD_CHARS` characters plus a marker when longer."""
+    if value is None or len(value) <= MAX_FIELD_CHARS:
+        return value
+    return value[:MAX_FIELD_CHARS] + TRUNCATED_MARKER
 
 
 def timestamp(now: float) -> str:
@@ -75,7 +88,11 @@ class AuditRecord:
 
 
 def _text(value: str | None) -> str:
-    return "null" if value is None else _quote(value)
+    if value is None:
+        return "null"
+    if len(value) > MAX_FIELD_CHARS:
+        value = value[:MAX_FIELD_CHARS] + TRUNCATED_MARKER
+    return _quote(value)
 
 
 def _number(value: int | None) -> str:

@@ -1,7 +1,8 @@
-"""A small TTL cache for authentication and authorization answers, with single flight.
+"""Small TTL caches for authentication and authorization answers, and single-flight loads.
 
-Concurrent misses on the same key share one load, so a burst of requests with a new token
-costs one TokenReview, not one per request. Failed loads are not cached.
+Concurrent misses on the same key share one load (:class:`SingleFlight`), so a burst of
+requests with a new token costs one TokenReview, not one per request. Failed loads are not
+cached. Every cache has a size bound; the oldest entries go first.
 """
 
 from __future__ import annotations
@@ -16,6 +17,37 @@ K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
 
+class SingleFlight(Generic[K, V]):
+    """Concurrent calls for one key share the first caller's load (its result or error)."""
+
+    def __init__(self) -> None:
+        self._loading: dict[K, asyncio.Future[V]] = {}
+
+    def __len__(self) -> int:
+        return len(self._loading)
+
+    async def run(self, key: K, load: Callable[[], Awaitable[V]]) -> V:
+        pending = self._loading.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[V] = asyncio.get_running_loop().create_future()
+        self._loading[key] = future
+        try:
+            value = await load()
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved: waiters (if any) get it through shield
+            raise
+        else:
+            future.set_result(value)
+            return value
+        finally:
+            del self._loading[key]
+
+
 class TtlCache(Generic[K, V]):
     def __init__(
         self,
@@ -28,7 +60,7 @@ class TtlCache(Generic[K, V]):
         self.max_entries = max_entries
         self._clock = clock
         self._entries: OrderedDict[K, tuple[float, V]] = OrderedDict()
-        self._loading: dict[K, asyncio.Future[V]] = {}
+        self._flights: SingleFlight[K, V] = SingleFlight()
         #: Loads done (misses), for tests and the benchmark.
         self.loads = 0
 
@@ -67,24 +99,11 @@ class TtlCache(Generic[K, V]):
         entry = self._entries.get(key)
         if entry is not None and self._clock() < entry[0]:
             return entry[1]
-        pending = self._loading.get(key)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[V] = asyncio.get_running_loop().create_future()
-        self._loading[key] = future
-        try:
+
+        async def load_and_keep() -> V:
             self.loads += 1
             value = await load()
-        except asyncio.CancelledError:
-            future.cancel()
-            raise
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # mark retrieved: waiters (if any) get it through shield
-            raise
-        else:
             self.put(key, value)
-            future.set_result(value)
             return value
-        finally:
-            del self._loading[key]
+
+        return await self._flights.run(key, load_and_keep)

@@ -7,19 +7,27 @@ Route handlers describe *what* a call does as a coroutine taking a :class:`Call`
   ``InternalError`` with a generic message (the traceback goes to the log, never material);
 * the audit line is written **before** the answer is returned, and if it cannot be written
   the caller gets a 500 and no result (fail-closed);
-* the outcome and latency go to the metrics.
+* the outcome and latency go to the metrics;
+* the body must arrive within the request timeout (``408``, and the connection is closed);
+  the request head is bounded by the server's keep-alive timer (:mod:`.server`).
+
+Text the caller chose (the namespace of the path, a key reference) is bounded before it is
+copied anywhere: audit fields are cut by :func:`.audit.bounded`, and a namespace or key
+reference longer than any that can exist is an ``InvalidRequest`` before any review.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import itertools
 import json
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from aiohttp import web
 
@@ -35,7 +43,7 @@ from kms_operator.keys.service import ALIAS_PREFIX, KeyService
 from kms_operator.kube.reviews import UserInfo
 from kms_operator.store.records import KeyRecord
 
-from .audit import AuditRecord, AuditSink
+from .audit import AuditRecord, AuditSink, bounded
 from .auth import Authenticator, Authorizer, bearer_token
 from .metrics import ApiMetrics
 
@@ -57,6 +65,19 @@ _request_numbers = itertools.count(1)
 #: ``str(uuid)`` costs microseconds; key ids repeat, so remember their text.
 uuid_text = functools.lru_cache(maxsize=4096)(str)
 
+#: Longest namespace (a DNS label) and key reference (``alias/`` + 250) that can exist.
+MAX_NAMESPACE_CHARS = 63
+MAX_REFERENCE_CHARS = 256
+
+#: A readiness check: None when healthy, else a short text saying what is wrong.
+ReadinessCheck = Callable[[], str | None]
+
+
+class RequestTimedOut(InvalidRequest):
+    """The request body did not arrive within the request timeout."""
+
+    status: ClassVar[int] = 408
+
 
 @dataclass(slots=True)
 class ApiState:
@@ -66,6 +87,8 @@ class ApiState:
     audit: AuditSink
     metrics: ApiMetrics
     max_body_bytes: int
+    request_timeout_seconds: float = 10.0
+    readiness_checks: Sequence[ReadinessCheck] = ()
     ready: bool = field(default=False)
 
 
@@ -84,13 +107,25 @@ def json_response(status: int, body: bytes, request_id: str | None = None) -> we
 class Call:
     """What a handler may do during one call; it also fills the audit record as it goes."""
 
-    __slots__ = ("audit", "request", "state", "user")
+    __slots__ = ("audit", "deadline", "request", "state", "user")
 
-    def __init__(self, request: web.Request, state: ApiState, audit: AuditRecord) -> None:
+    def __init__(
+        self,
+        request: web.Request,
+        state: ApiState,
+        audit: AuditRecord,
+        deadline: float | None = None,
+    ) -> None:
         self.request = request
         self.state = state
         self.audit = audit
         self.user: UserInfo | None = None
+        #: Loop time by which the body must have arrived.
+        self.deadline = (
+            deadline
+            if deadline is not None
+            else asyncio.get_running_loop().time() + state.request_timeout_seconds
+        )
 
     @property
     def service(self) -> KeyService:
@@ -104,25 +139,53 @@ class Call:
 
     async def body(self) -> bytes:
         try:
-            return await self.request.read()
+            async with asyncio.timeout_at(self.deadline):
+                return await self.request.read()
         except web.HTTPRequestEntityTooLarge:
             raise InvalidRequest(
                 f"the request body is larger than {self.state.max_body_bytes} bytes",
                 field="body",
             ) from None
+        except TimeoutError:
+            raise RequestTimedOut(
+                "the request body did not arrive within "
+                f"{self.state.request_timeout_seconds:g} seconds",
+                field="body",
+            ) from None
 
     async def authorize(self, verb: str, record: KeyRecord) -> None:
+        """Authorize ``verb`` on a key the caller did not name: the key of a blob.
+
+        A refusal names the key by its id only (the blob's header holds it already), never by
+        its name and namespace, which a caller without any right on it must not learn.
+        """
         assert self.user is not None, "authenticate() first"
-        await self.state.authorizer.authorize(self.user, verb, record.namespace, record.name)
+        try:
+            await self.state.authorizer.authorize(self.user, verb, record.namespace, record.name)
+        except AccessDenied:
+            raise AccessDenied(
+                f"user {self.user.username!r} may not {verb} with key {uuid_text(record.key_id)}"
+            ) from None
 
     async def resolve(self, verb: str, namespace: str, reference: str) -> KeyRecord:
         """The key ``reference`` names in ``namespace``, once the caller may ``verb`` it.
 
         A reference that names no key is authorized against the reference itself before the
         ``NotFound``, so a caller without the verb learns nothing about which keys exist.
+        A namespace or reference longer than any that can exist is refused before that.
         """
         assert self.user is not None, "authenticate() first"
-        self.audit.namespace = namespace
+        self.audit.namespace = bounded(namespace)
+        if len(namespace) > MAX_NAMESPACE_CHARS:
+            raise InvalidRequest(
+                f"the namespace is longer than {MAX_NAMESPACE_CHARS} characters",
+                field="namespace",
+            )
+        if len(reference) > MAX_REFERENCE_CHARS:
+            self.audit.key_name = bounded(reference)
+            raise InvalidRequest(
+                f"the key reference is longer than {MAX_REFERENCE_CHARS} characters", field="key"
+            )
         try:
             record = self.service.resolve(namespace, reference)
         except NotFound:
@@ -163,9 +226,17 @@ async def run(request: web.Request, operation: str, work: Work) -> web.Response:
     state = request.app[STATE]
     request_id = f"{_REQUEST_PREFIX}-{next(_request_numbers)}"
     audit = AuditRecord(operation, request_id, remote_address=request.remote)
-    audit.namespace = request.match_info.get("ns")
-    call = Call(request, state, audit)
+    # Before authentication: copy no more of the caller's text than an audit field holds.
+    audit.namespace = bounded(request.match_info.get("ns"))
+    call = Call(
+        request,
+        state,
+        audit,
+        asyncio.get_running_loop().time() + state.request_timeout_seconds,
+    )
     status = 200
+    close = False
+    retry_after = False
     try:
         body = _encode(await work(call)).encode("utf-8")
         audit.outcome = "allowed"
@@ -182,8 +253,11 @@ async def run(request: web.Request, operation: str, work: Work) -> web.Response:
                 audit.key_name,
                 audit.key_id,
             )
-        if status >= 500:
+        if status == 503:
+            retry_after = True  # overload: the pool that refused logs it, rate-limited
+        elif status >= 500:
             log.error("%s failed (request %s): %s", operation, request_id, exc.message)
+        close = isinstance(exc, RequestTimedOut)
         body = error_body(exc.code, exc.message)
     except Exception:
         log.exception("internal error in %s (request %s)", operation, request_id)
@@ -203,7 +277,12 @@ async def run(request: web.Request, operation: str, work: Work) -> web.Response:
         state.metrics.observe(operation, "error", time.perf_counter() - started)
         return json_response(500, error_body("InternalError", AUDIT_FAILED_MESSAGE), request_id)
     state.metrics.observe(operation, audit.outcome, time.perf_counter() - started)
-    return json_response(status, body, request_id)
+    response = json_response(status, body, request_id)
+    if retry_after:
+        response.headers["Retry-After"] = "1"
+    if close:
+        response.force_close()
+    return response
 
 
 async def no_route(request: web.Request) -> web.Response:
@@ -217,13 +296,14 @@ async def no_route(request: web.Request) -> web.Response:
             continue
         _, methods = await resource.resolve(request)
         allowed |= methods
+    path = bounded(request.path)
     if not allowed:
-        return json_response(404, error_body(NotFound.code, f"no route {request.path!r}"))
+        return json_response(404, error_body(NotFound.code, f"no route {path!r}"))
     response = json_response(
         405,
         error_body(
             InvalidRequest.code,
-            f"method {request.method} is not allowed on {request.path!r}; "
+            f"method {bounded(request.method)} is not allowed on {path!r}; "
             f"allowed: {', '.join(sorted(allowed))}",
         ),
     )

@@ -3,7 +3,9 @@
 Parsing is strict: a body that is not a JSON object, a field of the wrong type, a binary field
 that is not standard base64, and a field the route does not know are all refused, with the
 field's name (``destination.key``, ``encryptionContext.tenant``) in the message and in
-``InvalidRequest.field``. ``null`` counts as absent. An empty body counts as ``{}``.
+``InvalidRequest.field``. ``null`` counts as absent. An empty body counts as ``{}``. A body
+nested deeper than :data:`MAX_JSON_DEPTH` levels is refused before it is parsed (no request
+has more than three levels), so deep nesting costs neither recursion nor a traceback.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -21,6 +24,13 @@ from kms_operator.keys.service import DATA_KEY_SPECS, MAX_PLAINTEXT, RANDOM_BYTE
 #: Largest blob the service can make, for an early check of the body.
 MAX_BLOB = HEADER_SIZE + MAX_PLAINTEXT + TAG_SIZE
 MAX_CONTEXT_PAIRS = 64
+#: Deepest nesting of arrays and objects accepted in a body.
+MAX_JSON_DEPTH = 16
+
+#: A JSON string (an unterminated one runs to the end: no backtracking, linear time).
+_STRINGS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*(?:"|\\?\Z)', re.DOTALL)
+#: Every byte but brackets and braces, for ``bytes.translate(None, ...)``.
+_NOT_BRACKETS = bytes(range(256)).translate(None, b"[]{}")
 
 EncryptionContext = dict[str, str]
 
@@ -64,13 +74,39 @@ class RandomRequest:
     number_of_bytes: int
 
 
+def nesting_exceeds(raw: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether the JSON text ``raw`` nests arrays and objects deeper than ``limit`` levels
+    (or its brackets do not pair up, so that it is no JSON at all).
+
+    Free for bodies with at most ``limit`` opening brackets (every real request); otherwise
+    strings are dropped, then the innermost pairs peeled off one level per round, in C-speed
+    passes over at most the body's length.
+    """
+    if raw.count(b"[") + raw.count(b"{") <= limit:
+        return False
+    brackets = _STRINGS.sub(b"", raw).translate(None, _NOT_BRACKETS)
+    for _ in range(limit):
+        if not brackets:
+            return False
+        inner = brackets.replace(b"[]", b"x").replace(b"{}", b"x").replace(b"x", b"")
+        if len(inner) == len(brackets):
+            return True  # nothing pairs up: not JSON
+        brackets = inner
+    return bool(brackets)
+
+
 def _load(raw: bytes) -> dict[str, object]:
+    if nesting_exceeds(raw):
+        raise InvalidRequest(
+            f"the request body is not valid JSON nested at most {MAX_JSON_DEPTH} levels deep",
+            field="body",
+        )
     try:
         text = raw.decode("utf-8")
         if not text or text.isspace():
             return {}
         value = json.loads(text)
-    except ValueError:  # UnicodeDecodeError and JSONDecodeError both are
+    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise InvalidRequest("the request body is not valid JSON", field="body") from None
     if not isinstance(value, dict):
         raise InvalidRequest("the request body must be a JSON object", field="body")

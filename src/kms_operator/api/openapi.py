@@ -23,7 +23,11 @@ _ERRORS: dict[str, tuple[int, str]] = {
         "The blob is altered, truncated, from another key, or the "
         "encryption context does not match (one message for all).",
     ),
-    "Unauthenticated": (401, "No Bearer token, or a token the API server does not accept."),
+    "Unauthenticated": (
+        401,
+        "No Bearer token, a token that is not a ServiceAccount token (JWT), or one the API "
+        "server does not accept for the KMS's audience (kms.cmk.dev unless configured).",
+    ),
     "AccessDenied": (403, "The caller lacks the RBAC verb on customermasterkeys.kms.cmk.dev."),
     "NotFound": (404, "No such key (name, key id or alias) in the namespace."),
     "KeyDisabled": (409, "The key is disabled (spec.enabled: false)."),
@@ -31,6 +35,18 @@ _ERRORS: dict[str, tuple[int, str]] = {
     "KeyPendingDeletion": (409, "The key is scheduled for deletion; the use is audited."),
     "KeyInvalidState": (409, "The key is in another state that refuses crypto (Destroyed)."),
     "InternalError": (500, "Unexpected failure, or the audit line could not be written."),
+    "ServiceUnavailable": (
+        503,
+        "Too many new callers are being checked with the Kubernetes API at once; retry after "
+        "the Retry-After header's seconds.",
+    ),
+}
+
+#: The answer to a body that does not arrive within the request timeout (code InvalidRequest).
+_TIMEOUT_RESPONSE: Schema = {
+    "description": "InvalidRequest: the request body did not arrive within the request "
+    "timeout; the connection is closed.",
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
 }
 
 
@@ -265,6 +281,9 @@ def _operation(
             "required": True,
             "content": {"application/json": {"schema": _ref(request)}},
         }
+        op["responses"]["408"] = _TIMEOUT_RESPONSE
+    if secured:
+        op["responses"].update(_errors("ServiceUnavailable"))
     if not secured:
         op["security"] = []
     return op
@@ -412,8 +431,10 @@ def document() -> Schema:
                 "bearer": {
                     "type": "http",
                     "scheme": "bearer",
-                    "description": "A ServiceAccount token (TokenRequest API), checked by "
-                    "TokenReview; authorization by SubjectAccessReview on "
+                    "description": "A ServiceAccount token made for the KMS's audience "
+                    "(kms.cmk.dev unless configured: a projected token in a pod, or "
+                    "TokenRequest), checked by TokenReview, whose reviewed audiences must "
+                    "include it; authorization by SubjectAccessReview on "
                     "customermasterkeys.kms.cmk.dev.",
                 }
             },

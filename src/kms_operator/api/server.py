@@ -2,6 +2,18 @@
 
 ``kms-operator run`` calls :func:`start_api_server` once the store is open, then
 :meth:`ApiServer.mark_ready` once the cache is warm, and :meth:`ApiServer.stop` on shutdown.
+
+Slow clients are cut off after ``settings.request_timeout_seconds`` (T) at every stage, so a
+connection costs the server a bounded time whatever the client does:
+
+* the TLS handshake must finish within T (:class:`_TlsSite`);
+* the request head must arrive within T of the connection opening or of the previous answer,
+  and an idle keep-alive connection is closed after T: aiohttp arms its keep-alive timer when
+  a connection opens and after each answer, and closes the connection when it fires while no
+  complete request head has arrived (``keepalive_timeout=T``);
+* the body must arrive within T of the head (:meth:`kms_operator.api.calls.Call.body`:
+  408 and the connection closed);
+* an unread rest of a body is drained for at most :data:`LINGERING_SECONDS` after the answer.
 """
 
 from __future__ import annotations
@@ -10,6 +22,9 @@ import asyncio
 import functools
 import ipaddress
 import logging
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from aiohttp import web
 
@@ -23,15 +38,70 @@ from .app import create_app
 from .auth import (
     Authenticator,
     Authorizer,
+    ReviewPool,
     StaticTokens,
     SubjectAccessReviewAuthorizer,
     TokenReviewAuthenticator,
 )
-from .calls import STATE
+from .calls import STATE, ReadinessCheck
 
 log = logging.getLogger(__name__)
 
 _PUBLISH_ATTEMPTS = 5
+#: Longest time an unread body is drained after the answer, so the client can read it.
+LINGERING_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class Auth:
+    """The authenticator and authorizer of the API, and the review pools they run on."""
+
+    authenticator: Authenticator
+    authorizer: Authorizer
+    pools: tuple[ReviewPool, ...] = ()
+
+    def close(self) -> None:
+        for pool in self.pools:
+            pool.close()
+
+
+class _TlsSite(web.BaseSite):
+    """A TCP site like :class:`aiohttp.web.TCPSite` whose TLS handshake has a time limit
+    (TCPSite keeps asyncio's default of 60 s)."""
+
+    __slots__ = ("_handshake_timeout", "_host", "_port")
+
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        host: str,
+        port: int,
+        *,
+        ssl_context: ssl.SSLContext,
+        backlog: int,
+        handshake_timeout: float,
+    ) -> None:
+        super().__init__(runner, ssl_context=ssl_context, backlog=backlog)
+        self._host = host
+        self._port = port
+        self._handshake_timeout = handshake_timeout
+
+    @property
+    def name(self) -> str:
+        return _url(self._host, self._port)
+
+    async def start(self) -> None:
+        await super().start()
+        server = self._runner.server
+        assert server is not None
+        self._server = await asyncio.get_running_loop().create_server(
+            server,
+            self._host,
+            self._port,
+            ssl=self._ssl_context,
+            backlog=self._backlog,
+            ssl_handshake_timeout=self._handshake_timeout,
+        )
 
 
 class ApiServer:
@@ -46,6 +116,7 @@ class ApiServer:
         ca_pem: bytes,
         serving: tls.ServingTls | None,
         sink: audit.AuditSink,
+        auth: Auth | None = None,
     ) -> None:
         self._runner = runner
         self.app = app
@@ -53,6 +124,7 @@ class ApiServer:
         self.ca_pem = ca_pem
         self._serving = serving
         self._sink = sink
+        self._auth = auth
 
     def __repr__(self) -> str:
         return f"ApiServer({self.url!r}, ready={self.ready})"
@@ -70,24 +142,30 @@ class ApiServer:
         self.app[STATE].ready = False
         await self._runner.cleanup()
         self._sink.close()
+        if self._auth is not None:
+            self._auth.close()
         if self._serving is not None:
             self._serving.cleanup()
         log.info("API at %s stopped", self.url)
 
 
-def build_auth(
-    settings: Settings, api_client: ApiClient | None
-) -> tuple[Authenticator, Authorizer]:
+def build_auth(settings: Settings, api_client: ApiClient | None) -> Auth:
     if settings.static_token_file is not None:
         static = StaticTokens.from_file(settings.static_token_file)
-        return static, static
+        return Auth(static, static)
     if api_client is None:
         raise ValueError("the API needs a Kubernetes API client unless static_token_file is set")
+    token_pool, access_pool = ReviewPool("token-review"), ReviewPool("access-review")
     authenticator = TokenReviewAuthenticator(
         functools.partial(
             reviews.review_token, api_client, audiences=tuple(settings.token_audiences)
         ),
         settings.auth_cache_seconds,
+        pool=token_pool,
+    )
+    log.info(
+        "API callers need a ServiceAccount token for audience %s",
+        " or ".join(settings.token_audiences),
     )
 
     def review_access(
@@ -103,7 +181,10 @@ def build_auth(
             name=name,
         )
 
-    return authenticator, SubjectAccessReviewAuthorizer(review_access, settings.auth_cache_seconds)
+    authorizer = SubjectAccessReviewAuthorizer(
+        review_access, settings.auth_cache_seconds, pool=access_pool
+    )
+    return Auth(authenticator, authorizer, (token_pool, access_pool))
 
 
 def _url(host: str, port: int) -> str:
@@ -140,25 +221,62 @@ async def _publish_ca(api_client: ApiClient, settings: Settings, ca_pem: bytes) 
 
 
 async def start_api_server(
-    service: KeyService, settings: Settings, api_client: ApiClient | None
+    service: KeyService,
+    settings: Settings,
+    api_client: ApiClient | None,
+    *,
+    readiness_checks: Sequence[ReadinessCheck] = (),
 ) -> ApiServer:
-    """Serve the API over TLS on ``settings.api_host:api_port`` (port 0: any free port)."""
-    authenticator, authorizer = build_auth(settings, api_client)
-    serving = await asyncio.to_thread(tls.load_or_generate, settings)
-    if serving.generated and api_client is not None:
-        await _publish_ca(api_client, settings, serving.ca_pem)
-    sink = audit.open_sink(settings.audit_log)
-    app = create_app(service, authenticator=authenticator, authorizer=authorizer, audit=sink)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(
-        runner, settings.api_host, settings.api_port, ssl_context=serving.context, backlog=512
+    """Serve the API over TLS on ``settings.api_host:api_port`` (port 0: any free port).
+
+    ``readiness_checks``: callables of other components, each returning None when healthy or
+    a short problem text; ``/readyz`` answers 503 with the problems while any reports one.
+    """
+    auth = build_auth(settings, api_client)
+    try:
+        serving = await asyncio.to_thread(tls.load_or_generate, settings)
+    except BaseException:
+        auth.close()
+        raise
+    try:
+        if serving.generated and api_client is not None:
+            await _publish_ca(api_client, settings, serving.ca_pem)
+        sink = audit.open_sink(settings.audit_log)
+    except BaseException:
+        auth.close()
+        serving.cleanup()
+        raise
+    timeout = settings.request_timeout_seconds
+    app = create_app(
+        service,
+        authenticator=auth.authenticator,
+        authorizer=auth.authorizer,
+        audit=sink,
+        request_timeout_seconds=timeout,
+        readiness_checks=readiness_checks,
+    )
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        keepalive_timeout=timeout,
+        lingering_time=min(LINGERING_SECONDS, timeout),
     )
     try:
+        await runner.setup()
+        site = _TlsSite(
+            runner,
+            settings.api_host,
+            settings.api_port,
+            ssl_context=serving.context,
+            backlog=512,
+            handshake_timeout=timeout,
+        )
         await site.start()
     except BaseException:
         await runner.cleanup()
         sink.close()
+        auth.close()
         serving.cleanup()
         raise
     port = settings.api_port
@@ -169,5 +287,11 @@ async def start_api_server(
     url = _url(settings.api_host, port)
     log.info("API serving at %s (audit to %s)", url, settings.audit_log)
     return ApiServer(
-        runner=runner, app=app, url=url, ca_pem=serving.ca_pem, serving=serving, sink=sink
+        runner=runner,
+        app=app,
+        url=url,
+        ca_pem=serving.ca_pem,
+        serving=serving,
+        sink=sink,
+        auth=auth,
     )

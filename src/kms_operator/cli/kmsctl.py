@@ -7,8 +7,12 @@ Data-plane commands (``encrypt``, ``decrypt``, ``generate-data-key``, ``re-encry
   (the in-cluster Service; the kubeconfig's cluster is the kube-apiserver, not this API);
 * CA: ``--ca-file``, else ``$KMS_CA_FILE``, else ``/var/run/kms-operator/ca.crt`` when present
   (mount the ``kms-operator-ca`` ConfigMap there), else the system trust store;
-* token: ``--token``, ``--token-file``, ``$KMS_TOKEN``, ``$KMS_TOKEN_FILE``, else the pod's
-  ServiceAccount token;
+* token (a ServiceAccount token made for the KMS's audience, ``kms.cmk.dev``): ``--token``,
+  ``--token-file``, ``--service-account NS/NAME`` (minted now through TokenRequest with your
+  kubeconfig: for people), ``$KMS_TOKEN``, ``$KMS_TOKEN_FILE``, else the projected token a pod
+  mounts at ``/var/run/secrets/kms.cmk.dev/token`` (README: the pod volume). The pod's default
+  ServiceAccount token is never sent: it is made for the Kubernetes API server, and the KMS
+  refuses it;
 * namespace: ``-n``, else ``$KMS_NAMESPACE``, else the pod's namespace, else ``default``.
 
 Binary data is raw on stdin/stdout (``--base64`` prints base64 text instead). Errors print
@@ -34,12 +38,19 @@ from typing import Any, BinaryIO, NoReturn, TypeVar
 
 import click
 
+from kms_operator.kube import reviews
 from kms_operator.kube.client import load_api_client
 from kms_operator.kube.objects import Objects
 
 DEFAULT_SERVER = "https://kms-operator.kms-system.svc:8443"
 MOUNTED_CA = Path("/var/run/kms-operator/ca.crt")
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+#: The audience of the KMS's tokens (``kms-operator run --token-audience``).
+DEFAULT_AUDIENCE = "kms.cmk.dev"
+#: Where a pod mounts its projected ServiceAccount token for the KMS (see the README).
+PROJECTED_TOKEN = Path("/var/run/secrets/kms.cmk.dev/token")
+#: Lifetime asked for a minted token (the API server's minimum is 10 minutes).
+MINTED_TOKEN_SECONDS = 600
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -98,11 +109,15 @@ def _die(error: CliError) -> NoReturn:
 
 
 def _connection(
+    *,
     server: str | None,
     ca_file: Path | None,
     token: str | None,
     token_file: Path | None,
     timeout: float,
+    service_account: str | None = None,
+    kubeconfig: Path | None = None,
+    audience: str = DEFAULT_AUDIENCE,
 ) -> Connection:
     server = server or os.environ.get("KMS_SERVER") or DEFAULT_SERVER
     if not server.startswith("https://"):
@@ -112,7 +127,13 @@ def _connection(
         context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
     except (OSError, ssl.SSLError) as exc:
         raise CliError("Configuration", f"cannot load the CA file {ca_file}: {exc}") from None
-    return Connection(server, context, _token(token, token_file), timeout)
+    if service_account and (token or token_file):
+        raise CliError("Configuration", "give --service-account or --token/--token-file, not both")
+    if service_account:
+        bearer = _minted_token(service_account, kubeconfig, audience)
+    else:
+        bearer = _token(token, token_file)
+    return Connection(server, context, bearer, timeout)
 
 
 def _env_path(name: str) -> Path | None:
@@ -127,17 +148,49 @@ def _token(token: str | None, token_file: Path | None) -> str:
         if os.environ.get("KMS_TOKEN"):
             return os.environ["KMS_TOKEN"].strip()
         token_file = _env_path("KMS_TOKEN_FILE")
-    if token_file is None and (SERVICE_ACCOUNT_DIR / "token").is_file():
-        token_file = SERVICE_ACCOUNT_DIR / "token"
+    if token_file is None and PROJECTED_TOKEN.is_file():
+        token_file = PROJECTED_TOKEN
     if token_file is None:
         raise CliError(
             "Configuration",
-            "no token: give --token-file, --token or $KMS_TOKEN (or run in a pod)",
+            "no token: give --token-file, --token, $KMS_TOKEN or --service-account NS/NAME, "
+            f"or mount a projected ServiceAccount token with audience {DEFAULT_AUDIENCE} at "
+            f"{PROJECTED_TOKEN} (see the README)",
         )
     try:
         return token_file.read_text(encoding="utf-8").strip()
     except OSError as exc:
         raise CliError("Configuration", f"cannot read the token file: {exc}") from None
+
+
+def _minted_token(service_account: str, kubeconfig: Path | None, audience: str) -> str:
+    """A short-lived token of ServiceAccount ``NS/NAME`` for ``audience``, through TokenRequest
+    with the kubeconfig's credentials (which need ``create`` on ``serviceaccounts/token``)."""
+    namespace, _, name = service_account.partition("/")
+    if not namespace or not name or "/" in name:
+        raise CliError(
+            "Configuration", f"--service-account must be NAMESPACE/NAME, got {service_account!r}"
+        )
+    try:
+        api = load_api_client(kubeconfig)
+    except Exception as exc:  # a missing or broken kubeconfig: say so, no traceback
+        raise CliError("KubernetesUnavailable", f"cannot load the kubeconfig: {exc}") from None
+    try:
+        return reviews.request_token(
+            api,
+            namespace,
+            name,
+            audiences=(audience,),
+            expiration_seconds=MINTED_TOKEN_SECONDS,
+        )
+    except reviews.TokenRequestError as exc:
+        raise CliError("TokenRequestFailed", str(exc)) from None
+    except Exception as exc:
+        raise CliError(
+            "KubernetesUnavailable", f"cannot reach the Kubernetes API: {type(exc).__name__}"
+        ) from None
+    finally:
+        api.close()  # type: ignore[no-untyped-call]
 
 
 def _namespace(namespace: str | None) -> str:
@@ -219,7 +272,26 @@ def connection_options(function: F) -> F:
         click.option(
             "--token-file",
             type=click.Path(path_type=Path, dir_okay=False),
-            help="File holding the bearer token.",
+            help=f"File holding the bearer token (default: $KMS_TOKEN_FILE, {PROJECTED_TOKEN}).",
+        ),
+        click.option(
+            "--service-account",
+            metavar="NS/NAME",
+            envvar="KMS_SERVICE_ACCOUNT",
+            help="Mint a 10-minute token of this ServiceAccount with your kubeconfig "
+            "(TokenRequest; needs create on serviceaccounts/token).",
+        ),
+        click.option(
+            "--kubeconfig",
+            type=click.Path(path_type=Path, dir_okay=False, exists=True),
+            help="With --service-account (default: $KUBECONFIG, ~/.kube/config).",
+        ),
+        click.option(
+            "--audience",
+            default=DEFAULT_AUDIENCE,
+            show_default=True,
+            envvar="KMS_TOKEN_AUDIENCE",
+            help="With --service-account: the KMS's token audience.",
         ),
         click.option("--timeout", type=float, default=30.0, show_default=True),
     ]

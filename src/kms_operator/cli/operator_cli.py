@@ -1,9 +1,17 @@
-"""``kms-operator``: run the operator and its API; back up and restore the store."""
+"""``kms-operator``: run the operator and its API; back up and restore the store.
+
+Every option of ``run`` may also come from the environment as ``KMS_<OPTION>`` (for example
+``KMS_DAY_SECONDS``, ``KMS_TOKEN_AUDIENCES`` with space-separated values), except
+``--static-token-file``: static-token mode (every listed user may do everything) is enabled by
+the flag alone, and a ``KMS_STATIC_TOKEN_FILE`` in the environment is refused at start, so a
+stray variable can never switch TokenReview off.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import sys
 from collections.abc import Iterator
@@ -26,6 +34,33 @@ log = logging.getLogger(__name__)
 
 _REPO_CRDS = Path(__file__).resolve().parents[3] / "crds"
 
+#: Environment variables that would enable static-token mode if click read them (the explicit
+#: prefix of ``run`` and the one click derives for a sub-command by default).
+STATIC_TOKEN_ENV = ("KMS_STATIC_TOKEN_FILE", "KMS_RUN_STATIC_TOKEN_FILE")
+
+
+def _positive_seconds(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    if not (math.isfinite(value) and value > 0):
+        env = f"{ctx.auto_envvar_prefix}_{(param.name or '').upper()}"
+        raise click.BadParameter(
+            f"must be a positive number of seconds (flag or {env}), got {value}"
+        )
+    return value
+
+
+def _refuse_static_token_env(static_token_file: Path | None) -> None:
+    for name in STATIC_TOKEN_ENV:
+        if not os.environ.get(name):
+            continue
+        if static_token_file is not None:
+            click.echo(f"warning: {name} is ignored: --static-token-file is given", err=True)
+            continue
+        raise click.UsageError(
+            f"environment variable {name} is set, but static-token mode is enabled by the flag "
+            "--static-token-file only (static tokens replace TokenReview and allow everything: "
+            "local development only); unset the variable, or give the flag"
+        )
+
 
 def _has_cluster_config() -> bool:
     return bool(
@@ -40,7 +75,7 @@ def main() -> None:
     """kms-operator: a Key Management Service inside Kubernetes."""
 
 
-@main.command()
+@main.command(context_settings={"auto_envvar_prefix": "KMS"})
 @click.option("--store-path", type=click.Path(path_type=Path), default=Settings.store_path)
 @click.option("--root-key-file", type=click.Path(path_type=Path), default=Settings.root_key_file)
 @click.option("--namespace", "namespaces", multiple=True, help="Watch only these (repeatable).")
@@ -48,7 +83,8 @@ def main() -> None:
     "--day-seconds",
     type=float,
     default=Settings.day_seconds,
-    help="Length of a day for windows, periods and expiries (tests only).",
+    callback=_positive_seconds,
+    help="Length of a day for windows, periods and expiries (tests only; positive).",
 )
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text")
 @click.option("--log-level", default="INFO")
@@ -90,14 +126,30 @@ def main() -> None:
     help="The Service fronting the API (its DNS names go into generated certs).",
 )
 @click.option("--ca-configmap", default=Settings.ca_configmap)
-@click.option("--token-audience", "token_audiences", multiple=True)
+@click.option(
+    "--token-audience",
+    "token_audiences",
+    multiple=True,
+    default=Settings.token_audiences,
+    help="Audience a caller's token must carry (repeatable; any one of them suffices).",
+)
 @click.option(
     "--static-token-file",
     type=click.Path(path_type=Path),
     default=None,
-    help="Local development only: tokens from a file instead of TokenReview.",
+    allow_from_autoenv=False,
+    help="Local development only: tokens from a file instead of TokenReview (flag only).",
 )
-@click.option("--auth-cache-seconds", type=float, default=Settings.auth_cache_seconds)
+@click.option(
+    "--auth-cache-seconds", type=click.FloatRange(min=0), default=Settings.auth_cache_seconds
+)
+@click.option(
+    "--request-timeout-seconds",
+    type=float,
+    default=Settings.request_timeout_seconds,
+    callback=_positive_seconds,
+    help="A request must arrive whole within this time; idle connections close after it.",
+)
 @click.option("--audit-log", default=Settings.audit_log, help="A file, or - for stdout.")
 @click.option(
     "--webhook/--no-webhook",
@@ -114,13 +166,23 @@ def main() -> None:
 @click.option("--max-workers", type=int, default=Settings.max_workers)
 def run(cluster: str, local_dir: Path, crds_dir: Path, **options: object) -> None:
     """Run the operator and the data-plane API in one process."""
-    settings = Settings(**options)  # type: ignore[arg-type]
+    settings = parse_run_settings(options)
     configure_logging(settings.log_format, settings.log_level)
     try:
         with _cluster(settings, cluster, local_dir, crds_dir) as effective:
             runner.run(effective)
     except KmsError as exc:
         raise click.ClickException(exc.message) from None
+
+
+def parse_run_settings(options: dict[str, object]) -> Settings:
+    """The settings of ``run`` from its parsed options, or a usage error that says why not."""
+    static_token_file = options.get("static_token_file")
+    _refuse_static_token_env(static_token_file if isinstance(static_token_file, Path) else None)
+    try:
+        return Settings(**options)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
 
 
 @contextlib.contextmanager
