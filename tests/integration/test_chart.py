@@ -27,6 +27,12 @@ ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "kms-operator"
 #: (verb, resource[/name], extra kubectl auth can-i arguments)
 Case = tuple[str, str, list[str]]
+CLUSTER_KINDS = (
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "ValidatingAdmissionPolicy",
+    "ValidatingAdmissionPolicyBinding",
+)
 CRD_NAMES = (
     "customermasterkeys.kms.cmk.dev",
     "keymaterialimports.kms.cmk.dev",
@@ -159,13 +165,25 @@ def cluster_scoped(tools: Tools) -> Iterator[list[str]]:
         tools.kubectl_run("delete", "--ignore-not-found", *created, check=False)
 
 
+def _cluster_objects(release: str) -> list[str]:
+    """The cluster-scoped objects a release creates (the admission policies' names may be
+    absent: deleted with --ignore-not-found)."""
+    policies = [f"{release}-{p}" for p in ("datakeys", "operator-secrets", "keymaterialimports")]
+    return [
+        f"clusterrole/{release}",
+        f"clusterrolebinding/{release}",
+        *(f"validatingadmissionpolicybinding/{name}" for name in policies),
+        *(f"validatingadmissionpolicy/{name}" for name in policies),
+    ]
+
+
 def _install_rendered(
     tools: Tools, cluster_scoped: list[str], namespace: str, *sets: str
 ) -> tuple[str, list[dict[str, Any]]]:
     release = f"kms-operator-{uuid.uuid4().hex[:6]}"
     manifest = tools.template(release, namespace, *sets)
     objects = [doc for doc in yaml.safe_load_all(manifest) if doc]
-    cluster_scoped += [f"clusterrole/{release}", f"clusterrolebinding/{release}"]
+    cluster_scoped += _cluster_objects(release)
     result = tools.apply(manifest)
     assert "Warning" not in result.stderr, result.stderr  # Pod Security "restricted" is met
     return release, objects
@@ -178,7 +196,7 @@ def test_every_rendered_object_is_accepted(
     release, objects = _install_rendered(tools, cluster_scoped, namespace)
     for obj in objects:
         kind, name = obj["kind"], obj["metadata"]["name"]
-        where = ["-n", namespace] if kind not in ("ClusterRole", "ClusterRoleBinding") else []
+        where = ["-n", namespace] if kind not in CLUSTER_KINDS else []
         if kind == "CustomResourceDefinition":
             where = []
         got = tools.kubectl_run("get", kind, name, *where, "-o", "yaml")
@@ -186,6 +204,8 @@ def test_every_rendered_object_is_accepted(
         if kind == "CustomResourceDefinition":
             continue
         assert live["metadata"]["labels"]["app.kubernetes.io/instance"] == release
+    kinds = {o["kind"] for o in objects}
+    assert {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"} <= kinds
     sts = yaml.safe_load(
         tools.kubectl_run("get", "statefulset", release, "-n", namespace, "-o", "yaml").stdout
     )
@@ -212,6 +232,7 @@ def test_all_optional_objects_are_accepted(
         "developmentOnly.daySeconds=60",
         "api.tokenAudiences={kms.cmk.dev}",
         f"watchNamespaces={{{namespace}}}",
+        "rbac.readSecretsForImports=false",
     )
 
 
@@ -365,7 +386,7 @@ def test_root_key_and_crds_survive_upgrade_uninstall_and_reinstall(
 ) -> None:
     namespace = make_namespace()
     release = f"kms-operator-{uuid.uuid4().hex[:6]}"
-    cluster_scoped += [f"clusterrole/{release}", f"clusterrolebinding/{release}"]
+    cluster_scoped += _cluster_objects(release)
     install = ["install", release, str(CHART), "--namespace", namespace]
 
     notes = tools.helm_run(*install).stdout
@@ -407,7 +428,7 @@ def test_existing_root_key_secret_is_used_not_created(
 ) -> None:
     namespace = make_namespace()
     release = f"kms-operator-{uuid.uuid4().hex[:6]}"
-    cluster_scoped += [f"clusterrole/{release}", f"clusterrolebinding/{release}"]
+    cluster_scoped += _cluster_objects(release)
     tools.helm_run(
         "install",
         release,

@@ -224,6 +224,22 @@ INVALID_ON_CREATE = [
         id="kmi-without-keyRef",
     ),
     pytest.param(
+        "KeyMaterialImport",
+        {
+            "keyRef": {"name": "byok"},
+            "encryptedKeyMaterial": "d3JhcHBlZA==",
+            "encryptedKeyMaterialSecretRef": {"name": "wrapped"},
+        },
+        ["spec.encryptedKeyMaterial", "at most one of encryptedKeyMaterial"],
+        id="kmi-material-inline-and-in-a-secret",
+    ),
+    pytest.param(
+        "KeyMaterialImport",
+        {"keyRef": {"name": "byok"}, "encryptedKeyMaterial": "not base64!"},
+        ["spec.encryptedKeyMaterial"],
+        id="kmi-material-not-base64",
+    ),
+    pytest.param(
         "DataKey",
         {"keySpec": "AES_256", "numberOfBytes": 32},
         ["spec.numberOfBytes", "at most one of keySpec and numberOfBytes"],
@@ -347,6 +363,20 @@ INVALID_UPDATES = [
         ["spec.secretName", "secretName is immutable once set"],
         id="dk-secretName",
     ),
+    pytest.param(
+        "DataKey",
+        {"includePlaintext": False},
+        {"includePlaintext": True},
+        ["spec.includePlaintext", "includePlaintext can change from true to false only"],
+        id="dk-includePlaintext-false-to-true",
+    ),
+    pytest.param(
+        "DataKey",
+        {"includePlaintext": False},
+        {},  # removed: the default (true) comes back, which is the same change
+        ["spec.includePlaintext", "includePlaintext can change from true to false only"],
+        id="dk-includePlaintext-false-to-default",
+    ),
 ]
 
 
@@ -393,6 +423,18 @@ def test_mutable_fields_accept_changes(objects: client.CustomObjectsApi, namespa
     )
     updated = replace(objects, namespace, dk)
     assert updated["spec"]["secretName"] == "set-later"
+    assert updated["spec"]["includePlaintext"] is False  # true -> false is admitted
+    updated["spec"]["includePlaintext"] = False
+    updated["spec"]["secretTemplate"] = {"labels": {"team": "b"}}
+    assert replace(objects, namespace, updated)["spec"]["includePlaintext"] is False
+
+    kmi = create(
+        objects,
+        namespace,
+        manifest("KeyMaterialImport", {"keyRef": {"name": "byok"}}),
+    )
+    kmi["spec"]["encryptedKeyMaterial"] = "d3JhcHBlZA=="
+    assert replace(objects, namespace, kmi)["spec"]["encryptedKeyMaterial"] == "d3JhcHBlZA=="
 
 
 # --------------------------------------------------------------------------------------------

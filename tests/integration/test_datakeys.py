@@ -3,13 +3,16 @@
 Each test reads the Secret the operator writes; crypto checks read the operator's store file
 with the operator stopped (as test_customermasterkeys.py does), so they do not depend on the
 operator's own view. Every plaintext seen is remembered, and the last test checks that none
-of them reached the operator's log or an Event.
+of them reached the operator's log, its audit log or an Event.
+
+The operator's audit lines (one per data key generated, decrypted or re-encrypted, naming the
+DataKey) are also how a test knows a reconciliation happened, instead of sleeping.
 """
 
 from __future__ import annotations
 
 import base64
-import time
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -97,6 +100,33 @@ def _data(secret: dict[str, Any], key: str) -> bytes:
 def _store_view(operator: OperatorProcess) -> tuple[KeyService, SqliteKeyStore]:
     store = SqliteKeyStore(operator.store_path, load_root_key_file(operator.root_key_file))
     return KeyService(store), store
+
+
+def _audit_lines(operator: OperatorProcess, namespace: str, name: str) -> list[dict[str, Any]]:
+    """The operator's own audit lines for DataKey ``namespace/name``, oldest first."""
+    if not operator.audit_log.exists():
+        return []
+    lines = [json.loads(line) for line in operator.audit_log.read_text().splitlines() if line]
+    return [line for line in lines if line.get("dataKey") == f"{namespace}/{name}"]
+
+
+def _wait_audit(
+    operator: OperatorProcess, namespace: str, name: str, operation: str, *, after: int = 0
+) -> dict[str, Any]:
+    """The first audit line of ``operation`` for the DataKey, among those after the first
+    ``after`` of its lines (the proof that a reconciliation ran)."""
+    found: dict[str, Any] = wait_for(
+        lambda: next(
+            (
+                line
+                for line in _audit_lines(operator, namespace, name)[after:]
+                if line["operation"] == operation
+            ),
+            None,
+        ),
+        what=f"an audit line {operation} for DataKey {namespace}/{name}",
+    )
+    return found
 
 
 def test_datakey_by_name_writes_an_owned_secret(
@@ -194,6 +224,7 @@ def test_ciphertext_decrypts_to_the_plaintext_only_in_its_scope_and_survives_res
     assert len(_data(small, "plaintext")) == 16
     assert len(_data(odd, "plaintext")) == 7
 
+    seen = len(_audit_lines(operator_process, namespace, "aes128"))
     operator_process.stop()
     try:
         service, store = _store_view(operator_process)
@@ -216,12 +247,17 @@ def test_ciphertext_decrypts_to_the_plaintext_only_in_its_scope_and_survives_res
             store.close()
     finally:
         operator_process.start()
-    # Resumed: the same data key, not a new one.
+    # Resumed: the same data key, not a new one. The resume handler decrypted what the Secret
+    # holds (its audit line says so) and wrote nothing.
+    resumed = _wait_audit(operator_process, namespace, "aes128", "decrypt", after=seen)
+    assert resumed["outcome"] == "allowed"
+    assert [
+        line["operation"] for line in _audit_lines(operator_process, namespace, "aes128")[seen:]
+    ] == ["decrypt"]
     dks.wait_ready(namespace, "aes128")
-    for _ in range(3):
-        again = dks.secret(namespace, "aes128")
-        assert again is not None and again["data"] == small["data"]
-        time.sleep(1)
+    again = dks.secret(namespace, "aes128")
+    assert again is not None and again["data"] == small["data"]
+    assert again["metadata"]["resourceVersion"] == small["metadata"]["resourceVersion"]
 
 
 def test_no_key_ref_uses_the_namespace_default_key(
@@ -382,8 +418,13 @@ def test_unchanged_secret_is_not_rewritten_and_template_changes_apply(
     operator_process: OperatorProcess, cmks: Cmks, dks: DataKeys, namespace: str
 ) -> None:
     first = _ready_secret(cmks, dks, namespace, "steady", "steady-dek")
-    # The timer's first round (a full check, one GET) and a few more pass: no write.
-    time.sleep(datakeys.CHECK_INTERVAL * 2 + 1)
+    seen = len(_audit_lines(operator_process, namespace, "steady-dek"))
+    # A change of the DataKey's metadata makes a full reconciliation (one GET, a decrypt of
+    # what the Secret holds): it finds nothing to write.
+    dks.patch(namespace, "steady-dek", {"metadata": {"labels": {"poke": "1"}}})
+    _wait_audit(operator_process, namespace, "steady-dek", "decrypt", after=seen)
+    status = dks.wait_ready(namespace, "steady-dek")
+    assert status["keyVersion"] == 1
     same = dks.secret(namespace, "steady-dek")
     assert same is not None
     assert same["metadata"]["resourceVersion"] == first["metadata"]["resourceVersion"]
@@ -424,13 +465,100 @@ def test_secret_deleted_by_hand_is_regenerated_with_a_warning(
     )
 
 
+def test_every_data_key_operation_is_audited_naming_the_datakey(
+    operator_process: OperatorProcess, cmks: Cmks, dks: DataKeys, namespace: str
+) -> None:
+    _ready_secret(cmks, dks, namespace, "audited", "audited-dek")
+    key_id = cmks.status(namespace, "audited")["keyId"]
+    generated = _wait_audit(operator_process, namespace, "audited-dek", "generate-data-key")
+    assert generated["caller"] == datakeys.OPERATOR_CALLER == "system:kms-operator"
+    assert (generated["outcome"], generated["namespace"], generated["keyName"]) == (
+        "allowed",
+        namespace,
+        "audited",
+    )
+    assert (generated["keyId"], generated["keyVersion"]) == (key_id, 1)
+
+    seen = len(_audit_lines(operator_process, namespace, "audited-dek"))
+    cmks.patch(namespace, "audited", {"metadata": {"annotations": {"kms.cmk.dev/rotate": "1"}}})
+    dks.wait(namespace, "audited-dek", lambda s: s.get("keyVersion") == 2)
+    moved = _wait_audit(operator_process, namespace, "audited-dek", "re-encrypt", after=seen)
+    assert (moved["outcome"], moved["keyId"], moved["keyVersion"]) == ("allowed", key_id, 2)
+    assert moved["source"] == {
+        "namespace": namespace,
+        "keyName": "audited",
+        "keyId": key_id,
+        "keyVersion": 1,
+    }
+    operations = [x["operation"] for x in _audit_lines(operator_process, namespace, "audited-dek")]
+    assert operations.count("generate-data-key") == 1  # one data key, ever
+
+
+def test_a_blob_of_another_namespaces_key_is_invalid_ciphertext(
+    operator_process: OperatorProcess,
+    cmks: Cmks,
+    dks: DataKeys,
+    namespace: str,
+    kube_api: client.ApiClient,
+) -> None:
+    core = client.CoreV1Api(kube_api)
+    other = f"{namespace}-other"
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=other)))
+    try:
+        cmks.create(other, "theirs")
+        cmks.wait_state(other, "theirs", "Enabled")
+        first = _ready_secret(cmks, dks, namespace, "local", "dek")
+        local_id = cmks.status(namespace, "local")["keyId"]
+        # A blob sealed under the other namespace's key with this DataKey's context (anyone
+        # with encrypt on that key can make one), put into this DataKey's Secret.
+        operator_process.stop()
+        try:
+            service, store = _store_view(operator_process)
+            try:
+                blob = service.encrypt(
+                    other,
+                    "theirs",
+                    b"chosen by someone else" + bytes(10),
+                    _context(namespace, "dek"),
+                ).ciphertext_blob
+            finally:
+                store.close()
+        finally:
+            operator_process.start()
+        # The resume handler has checked the Secret (still the DataKey's own data key).
+        assert _wait_audit(operator_process, namespace, "dek", "decrypt", after=1)["outcome"] == (
+            "allowed"
+        )
+        seen = len(_audit_lines(operator_process, namespace, "dek"))
+        secret = dks.secret(namespace, "dek")
+        assert secret is not None and secret["data"] == first["data"]
+        core.patch_namespaced_secret(
+            "dek", namespace, {"data": {"ciphertext": base64.b64encode(blob).decode()}}
+        )
+        dks.patch(namespace, "dek", {"metadata": {"labels": {"poke": "1"}}})
+
+        status = dks.wait_reason(namespace, "dek", "InvalidCiphertext")
+        assert status["keyId"] == local_id  # never the other namespace's key
+        assert _condition(status, "Ready")["status"] == "False"
+        left = dks.secret(namespace, "dek")
+        assert left is not None and _data(left, "ciphertext") == blob  # left as it is
+        refused = _wait_audit(operator_process, namespace, "dek", "decrypt", after=seen)
+        assert (refused["outcome"], refused["errorCode"]) == ("error", "InvalidCiphertext")
+        assert refused["keyId"] is None
+        assert not [e for e in _events(kube_api, other, "theirs") if "dek" in (e.message or "")]
+    finally:
+        core.delete_namespace(other)
+
+
 def test_no_plaintext_in_the_operator_log_nor_in_events(
     operator_process: OperatorProcess, kube_api: client.ApiClient
 ) -> None:
     assert len(SEEN_PLAINTEXTS) >= 5, "the tests above should have seen data keys"
     log = operator_process.log_text()
     events = client.CoreV1Api(kube_api).list_event_for_all_namespaces().items
-    texts = [log, *(f"{e.reason} {e.message}" for e in events)]
+    audit = operator_process.audit_log.read_text()
+    assert '"dataKey"' in audit
+    texts = [log, audit, *(f"{e.reason} {e.message}" for e in events)]
     for plaintext in SEEN_PLAINTEXTS:
         for form in (
             base64.b64encode(plaintext).decode(),

@@ -181,7 +181,11 @@ def test_import_delete_and_reimport_the_same_material(
 
 
 def test_material_shared_by_two_imports_stays_until_the_last_is_deleted(
-    operator_process: OperatorProcess, cmks: Cmks, kmis: Kmis, namespace: str
+    operator_process: OperatorProcess,
+    cmks: Cmks,
+    kmis: Kmis,
+    namespace: str,
+    kube_api: client.ApiClient,
 ) -> None:
     _external_key(cmks, namespace)
     material = os.urandom(32)
@@ -190,8 +194,13 @@ def test_material_shared_by_two_imports_stays_until_the_last_is_deleted(
         kmis.hand_over(namespace, name, material)
         assert kmis.wait_phase(namespace, name, "Imported")["keyVersion"] == 1
     kmis.delete(namespace, "one")
+    # The deletion handler decided (and said so) before it released the object.
     wait_for(lambda: kmis.get(namespace, "one") is None, what="the first KMI released")
-    time.sleep(0.5)
+    kept = [e for e in _events(kube_api, namespace) if e.involved_object.name == "one"]
+    assert [e.reason for e in kept if e.reason in ("MaterialKept", "MaterialDeleted")] == [
+        "MaterialKept"
+    ]
+    assert "two" in next(e.message for e in kept if e.reason == "MaterialKept")
     assert cmks.status(namespace, "byok")["state"] == "Enabled"
     kmis.delete(namespace, "two")
     cmks.wait_state(namespace, "byok", "PendingImport")
@@ -311,15 +320,26 @@ def test_parameters_expire_after_one_day(
     assert _condition(expired)["reason"] == "ImportParametersExpired"
     assert "new KeyMaterialImport" in _condition(expired)["message"]
     wait_for(lambda: "ImportParametersExpired" in _reasons(kube_api, namespace, "slow"), what="ev")
-    # Handing material over now is too late.
+    # Handing material over now is too late: the operator judges the new generation (its
+    # observedGeneration says so) and the import stays Expired.
     kmis.patch_spec(
         namespace,
         "slow",
         importToken=waiting["importToken"],
         encryptedKeyMaterialSecretRef={"name": "slow-material"},
     )
-    time.sleep(1)
-    assert kmis.status(namespace, "slow")["phase"] == "Expired"
+    body = kmis.get(namespace, "slow")
+    assert body is not None
+    generation = body["metadata"]["generation"]
+    assert generation > expired["observedGeneration"]
+    judged = kmis.wait(
+        namespace,
+        "slow",
+        lambda s: s.get("observedGeneration") == generation,
+        what=f"observedGeneration {generation}",
+    )
+    assert judged["phase"] == "Expired"
+    assert _condition(judged)["reason"] == "ImportParametersExpired"
     assert cmks.status(namespace, "byok")["state"] == "PendingImport"
 
 
@@ -383,6 +403,65 @@ def test_restart_changes_nothing(
         if e.involved_object.name == "done" and e.reason == "Imported"
     ]
     assert len(imported_events) == 1
+
+
+def test_material_handed_over_inline_is_imported_without_a_secret(
+    operator_process: OperatorProcess, cmks: Cmks, kmis: Kmis, namespace: str
+) -> None:
+    key_id = _external_key(cmks, namespace)
+    kmis.create(namespace, "inline", "byok")
+    status = kmis.wait_phase(namespace, "inline", "WaitingForMaterial")
+    assert "spec.encryptedKeyMaterial" in _condition(status)["message"]
+    material = os.urandom(32)
+    wrapped = wrap_material(
+        WrappingAlgorithm.RSAES_OAEP_SHA_256, status["wrappingPublicKey"].encode(), material
+    )
+    HANDED_OVER.extend((material, wrapped))
+    kmis.patch_spec(
+        namespace,
+        "inline",
+        importToken=status["importToken"],
+        encryptedKeyMaterial=base64.b64encode(wrapped).decode(),
+    )
+    imported = kmis.wait_phase(namespace, "inline", "Imported")
+    assert (imported["keyId"], imported["keyVersion"]) == (key_id, 1)
+    assert cmks.wait_state(namespace, "byok", "Enabled")["material"]["state"] == "Enabled"
+    assert not kmis.core.list_namespaced_secret(namespace).items  # no Secret anywhere
+
+
+def test_deleting_an_import_whose_status_names_another_key_deletes_nothing(
+    operator_process: OperatorProcess,
+    cmks: Cmks,
+    kmis: Kmis,
+    namespace: str,
+    kube_api: client.ApiClient,
+) -> None:
+    """Issue 8, item 4: status.keyId is not proof; the key must be the import's own."""
+    _external_key(cmks, namespace)
+    victim_id = _external_key(cmks, namespace, "victim")
+    for name, key in (("mine", "byok"), ("theirs", "victim")):
+        kmis.create(namespace, name, key)
+        kmis.hand_over(namespace, name, os.urandom(32))
+        kmis.wait_phase(namespace, name, "Imported")
+    cmks.wait_state(namespace, "victim", "Enabled")
+    # Whoever may write the status subresource points "mine" at the victim's key.
+    kmis.api.patch_namespaced_custom_object_status(
+        "kms.cmk.dev", "v1alpha1", namespace, KMI, "mine", {"status": {"keyId": victim_id}}
+    )
+    kmis.delete(namespace, "mine")
+    wait_for(lambda: kmis.get(namespace, "mine") is None, what="the KMI released")
+
+    warnings = [
+        e
+        for e in _events(kube_api, namespace)
+        if e.involved_object.name == "mine" and e.reason == "KeyNotOwned"
+    ]
+    assert len(warnings) == 1 and warnings[0].type == "Warning"
+    assert victim_id in warnings[0].message and "no material was deleted" in warnings[0].message
+    assert "MaterialDeleted" not in _reasons(kube_api, namespace, "mine")
+    victim = cmks.status(namespace, "victim")
+    assert victim["state"] == "Enabled" and victim["material"]["state"] == "Enabled"
+    assert cmks.status(namespace, "byok")["state"] == "Enabled"  # nothing else touched either
 
 
 def test_material_never_appears_in_logs_events_or_status(

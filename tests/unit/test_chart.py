@@ -112,6 +112,7 @@ def pod(default: list[Obj]) -> Obj:
             "networkPolicy.enabled=true",
             "developmentOnly.daySeconds=60",
             "rootKey.existingSecret=my-root-key",
+            "rbac.readSecretsForImports=false",
         ),
     ],
     ids=["defaults", "everything-on"],
@@ -496,6 +497,91 @@ def test_rbac_off(helm: Path) -> None:
     assert not [o for o in objects if o["kind"].endswith(("Role", "RoleBinding"))]
 
 
+# -- admission policies (issue 8, items 3b and 5) -------------------------------------------
+
+
+def _policies(objects: list[Obj]) -> dict[str, Obj]:
+    return {o["metadata"]["name"]: o for o in objects if o["kind"] == "ValidatingAdmissionPolicy"}
+
+
+def _bindings(objects: list[Obj]) -> dict[str, Obj]:
+    return {
+        o["metadata"]["name"]: o for o in objects if o["kind"] == "ValidatingAdmissionPolicyBinding"
+    }
+
+
+def test_datakey_policy_checks_the_requesting_users_verbs(default: list[Obj]) -> None:
+    policy = _policies(default)["kms-operator-datakeys"]
+    assert policy["apiVersion"] == "admissionregistration.k8s.io/v1"
+    spec = policy["spec"]
+    assert spec["failurePolicy"] == "Fail"
+    (rule,) = spec["matchConstraints"]["resourceRules"]
+    assert (rule["apiGroups"], rule["resources"], rule["operations"]) == (
+        ["kms.cmk.dev"],
+        ["datakeys"],
+        ["CREATE", "UPDATE"],
+    )
+    variables = {v["name"]: v["expression"] for v in spec["variables"]}
+    assert "authorizer.group('kms.cmk.dev').resource('customermasterkeys')" in variables["keys"]
+    assert ".namespace(request.namespace)" in variables["keys"]
+    assert "'kms-default-datakeys'" in variables["keyName"]
+    checks = [v["expression"] for v in spec["validations"]]
+    assert "check('generatedatakey').allowed()" in checks[0]
+    assert "check('decrypt').allowed()" in checks[1] and "variables.plaintext" in checks[1]
+    binding = _bindings(default)["kms-operator-datakeys"]["spec"]
+    assert binding == {"policyName": "kms-operator-datakeys", "validationActions": ["Deny"]}
+
+
+def test_datakey_policy_binding_follows_watched_namespaces(helm: Path) -> None:
+    binding = _bindings(render(helm, "watchNamespaces={team-a,team-b}"))["kms-operator-datakeys"]
+    assert binding["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"] == [
+        {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["team-a", "team-b"]}
+    ]
+
+
+def test_operator_secrets_policy_matches_the_operators_service_account(helm: Path) -> None:
+    for sets, account in (
+        ((), "kms-operator"),
+        (("serviceAccount.name=keys",), "keys"),
+    ):
+        policy = _policies(render(helm, *sets))["kms-operator-operator-secrets"]["spec"]
+        (rule,) = policy["matchConstraints"]["resourceRules"]
+        assert (rule["apiGroups"], rule["resources"], rule["operations"]) == (
+            [""],
+            ["secrets"],
+            ["CREATE", "UPDATE"],
+        )
+        (condition,) = policy["matchConditions"]
+        assert condition["expression"] == (
+            f"request.userInfo.username == 'system:serviceaccount:{NAMESPACE}:{account}'"
+        )
+        (check,) = policy["validations"]
+        assert "object.type == 'kms.cmk.dev/data-key'" in check["expression"]
+
+
+def test_reading_secrets_for_imports_can_be_turned_off(default: list[Obj], helm: Path) -> None:
+    assert "kms-operator-keymaterialimports" not in _policies(default)
+    objects = render(helm, "rbac.readSecretsForImports=false")
+    policy = _policies(objects)["kms-operator-keymaterialimports"]["spec"]
+    (check,) = policy["validations"]
+    assert "encryptedKeyMaterialSecretRef" in check["expression"]
+    assert "spec.encryptedKeyMaterial" in check["message"]
+    assert "kms-operator-keymaterialimports" in _bindings(objects)
+    # DataKeys still read the Secret they own: the Secrets rule is the same.
+    assert _rules(one(objects, "ClusterRole")) == _rules(one(default, "ClusterRole"))
+
+
+def test_admission_policies_can_be_turned_off(helm: Path) -> None:
+    objects = render(helm, "admissionPolicies.enabled=false")
+    assert not [o for o in objects if o["kind"].startswith("ValidatingAdmissionPolicy")]
+
+
+def test_install_yaml_carries_the_admission_policies() -> None:
+    objects = [doc for doc in yaml.safe_load_all(INSTALL.read_text()) if doc]
+    assert sorted(_policies(objects)) == ["kms-operator-datakeys", "kms-operator-operator-secrets"]
+    assert sorted(_bindings(objects)) == ["kms-operator-datakeys", "kms-operator-operator-secrets"]
+
+
 # -- Service, ServiceMonitor, NetworkPolicy --------------------------------------------------
 
 
@@ -529,6 +615,9 @@ def test_optional_objects_off_by_default(default: list[Obj]) -> None:
         "RoleBinding",
         "Service",
         "StatefulSet",
+        # On by default (issue 8, items 3 and 5): the API server's own checks.
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
     }
 
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import json
+import logging
+import os
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -29,6 +33,7 @@ from kms_operator.operator.keymaterialimports import (
     key_problem,
     next_expiry,
     next_step,
+    not_own_key,
     parameters_fields,
     parse_time,
     settled,
@@ -114,6 +119,27 @@ def test_spec_with_the_material_handed_over() -> None:
     assert spec.algorithm is WrappingAlgorithm.RSA_AES_KEY_WRAP_SHA_256
     assert spec.key_spec is WrappingKeySpec.RSA_2048
     assert (spec.import_token, spec.secret_name, spec.secret_key) == ("t", "wrapped", "blob")
+
+
+def test_spec_with_the_material_inline() -> None:
+    spec = _spec(encryptedKeyMaterial="d3JhcHBlZA==", importToken="t")
+    assert spec.inline_material == "d3JhcHBlZA==" and spec.secret_name is None
+    assert spec.handed_over and not _spec().handed_over
+    assert _spec(encryptedKeyMaterialSecretRef={"name": "s"}).handed_over
+    assert "d3JhcHBlZA" not in repr(spec)  # wrapped material stays out of reprs too
+
+
+def test_inline_material_is_imported_like_a_secret() -> None:
+    spec = _spec(encryptedKeyMaterial="d3JhcHBlZA==")
+    assert next_step(spec, _status(), key_id=KEY_ID, generation=2, now=NOW) is Step.IMPORT
+    assert next_step(spec, _status(), key_id=KEY_ID, generation=2, now=LATER) is Step.EXPIRE
+
+
+def test_the_waiting_message_offers_both_ways_to_hand_material_over() -> None:
+    message = waiting_message("ns", _spec(), LATER)
+    assert "spec.encryptedKeyMaterial " in message
+    assert "spec.encryptedKeyMaterialSecretRef.name" in message
+    assert "spec.importToken" in message
 
 
 def test_times_are_exact_and_round_trip() -> None:
@@ -332,3 +358,64 @@ def test_holders_of_a_version() -> None:
     assert not holds_version(
         body("b", 1, deletionTimestamp="2026-11-29T12:00:00Z"), str(KEY_ID), 1, uid="a"
     )
+
+
+# -- deletion: the key named by status must be the import's own -----------------------------
+
+
+def test_own_key_is_the_bound_key_of_the_key_ref() -> None:
+    own = _record()
+    assert not_own_key(own, own, namespace="ns", key_name="byok") is None
+
+
+@pytest.mark.parametrize(
+    ("record", "bound", "words"),
+    [
+        (_record(namespace="elsewhere"), None, "not the key of spec.keyRef ns/byok"),
+        (_record(name="victim"), _record(name="victim"), "not the key of spec.keyRef ns/byok"),
+        (_record(detached_at=NOW), None, "not the key bound to ns/byok now"),
+        (_record(), _record(key_id=uuid.UUID(int=7)), "not the key bound to ns/byok now"),
+        (_record(), None, "not the key bound to ns/byok now"),
+    ],
+    ids=["other-namespace", "other-name", "detached", "replaced", "unbound"],
+)
+def test_a_key_that_is_not_the_imports_own_is_named(
+    record: KeyRecord, bound: KeyRecord | None, words: str
+) -> None:
+    why = not_own_key(record, bound, namespace="ns", key_name="byok")
+    assert why is not None and words in why and str(record.key_id) in why
+
+
+# -- Kopf's DEBUG lines never show inline material -------------------------------------------
+
+
+def test_inline_material_is_redacted_from_kopf_lines() -> None:
+    wrapped = base64.b64encode(os.urandom(256)).decode()
+    body = {
+        "metadata": {
+            "annotations": {
+                "kopf.kms.cmk.dev/last-handled-configuration": json.dumps(
+                    {"spec": {"encryptedKeyMaterial": wrapped}}
+                )
+            }
+        },
+        "spec": {"encryptedKeyMaterial": wrapped, "importToken": "kmsit1_token"},
+    }
+    lines = [
+        f"Creation is in progress: {body!r}",
+        f"Update diff: {(('add', ('spec', 'encryptedKeyMaterial'), None, wrapped),)!r}",
+        f"Patching with: {body['metadata']!r}",
+    ]
+    for line in lines:
+        record = logging.LogRecord("kopf.objects", logging.DEBUG, __file__, 1, line, (), None)
+        assert kmi.RedactInlineMaterial().filter(record)
+        shown = record.getMessage()
+        assert wrapped not in shown and wrapped[:40] not in shown
+        assert "<redacted>" in shown
+    record = logging.LogRecord("kopf.objects", logging.DEBUG, __file__, 1, "%s", (body,), None)
+    assert logging.getLogger("kopf.objects").filter(record)  # installed on Kopf's logger
+    assert wrapped not in record.getMessage()
+    assert "kmsit1_token" in record.getMessage()  # nothing else is touched
+    other = logging.LogRecord("kopf.objects", logging.DEBUG, __file__, 1, repr(wrapped), (), None)
+    kmi.RedactInlineMaterial().filter(other)
+    assert other.getMessage() == repr(wrapped)  # lines without the field stay as they are

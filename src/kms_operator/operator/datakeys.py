@@ -11,6 +11,14 @@
 * deletion: the Secret carries a controller ownerReference, so Kubernetes' garbage collector
   removes it with the DataKey; no finalizer.
 
+Before it resolves its key, a reconciliation tells the key service the namespace's UID
+(:meth:`KeyService.observe_namespace`), so a key left by an earlier namespace of the same name
+is never used. A blob in the Secret counts only if it names a key of the DataKey's own
+namespace (any other is ``InvalidCiphertext``). Every data key generated, decrypted or
+re-encrypted writes one audit line naming the DataKey (the API's JSON format, caller
+:data:`OPERATOR_CALLER`), before the result is used: if the line cannot be written, the Secret
+is not written either (fail-closed) and the DataKey says so (reason ``AuditFailed``).
+
 The desired Secret, the encryption context, the status and the timer's decision are pure
 functions below; the handlers only gather inputs, call the key service and apply the result.
 The plaintext data key goes only into the Secret: never into a log line, Event, status or error.
@@ -22,20 +30,33 @@ import asyncio
 import base64
 import binascii
 import hashlib
+import itertools
+import json
 import logging
+import os
+import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import kopf
 
+from kms_operator.api.audit import AuditRecord
 from kms_operator.crypto import blob as blobs
 from kms_operator.errors import InvalidCiphertext, KeyStateError, KmsError, NotFound
-from kms_operator.keys.service import DEFAULT_ALIAS_PREFIX, KeyService, refuse_state
-from kms_operator.kube.objects import API_VERSION, CMK_KIND, GROUP, VERSION
+from kms_operator.keys.service import (
+    DEFAULT_ALIAS_PREFIX,
+    DataKeyResult,
+    DecryptResult,
+    KeyService,
+    ReEncryptResult,
+    refuse_state,
+)
+from kms_operator.kube.objects import API_VERSION, CMK_KIND, GROUP, VERSION, NamespaceInfo
 from kms_operator.kube.secrets import SecretRaced, Secrets, SecretWriteFailed
 from kms_operator.store.records import KeyRecord, KeyState
 
@@ -71,6 +92,12 @@ DEFAULT_KEY_WAIT = 1.0
 #: Seconds before a retry after the API server or the store refused.
 ERROR_RETRY = 10.0
 _ATTEMPTS = 3
+#: Seconds a namespace's UID is trusted before it is read again.
+NAMESPACE_UID_TTL = 5.0
+#: Namespaces whose UID is remembered at once (the least recently used is forgotten first).
+NAMESPACE_UID_ENTRIES = 1024
+#: The ``caller`` of the operator's own audit lines.
+OPERATOR_CALLER = "system:kms-operator"
 
 # Reasons (conditions and Events).
 SECRET_READY = "SecretReady"  # noqa: S105 - a name, not a secret
@@ -85,6 +112,8 @@ KEY_NOT_FOUND = "KeyNotFound"
 DEFAULT_KEY_CREATED = "DefaultKeyCreated"
 WAITING_FOR_DEFAULT_KEY = "WaitingForDefaultKey"
 DEFAULT_KEY_UNAVAILABLE = "DefaultKeyUnavailable"
+AUDIT_FAILED = "AuditFailed"
+NAMESPACE_UNREADABLE = "NamespaceUnreadable"
 INVALID_CIPHERTEXT = InvalidCiphertext.code
 # Ready reasons under which the timer waits for the key to change before trying again.
 _WAITING_FOR_THE_KEY = {KEY_NOT_FOUND, DEFAULT_KEY_UNAVAILABLE}
@@ -372,16 +401,148 @@ def notices_to_post(outcome: Outcome, previous_ready: Mapping[str, Any]) -> list
     return [n for n in outcome.notices if changed or not n.on_change]
 
 
+# -- namespaces ------------------------------------------------------------------------------
+
+
+class NamespaceUids:
+    """Each namespace's UID, read through ``lookup`` and trusted for ``ttl`` seconds.
+
+    At most ``entries`` namespaces are remembered; a namespace that does not exist is never
+    remembered. ``clock`` is monotonic seconds (injected in tests).
+    """
+
+    def __init__(
+        self,
+        lookup: Callable[[str], NamespaceInfo | None],
+        *,
+        ttl: float = NAMESPACE_UID_TTL,
+        entries: int = NAMESPACE_UID_ENTRIES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._lookup = lookup
+        self._ttl = ttl
+        self._entries = entries
+        self._clock = clock
+        self._known: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def uid(self, namespace: str) -> str | None:
+        """The namespace's UID, or None when it does not exist."""
+        now = self._clock()
+        with self._lock:
+            known = self._known.get(namespace)
+            if known is not None and now - known[1] < self._ttl:
+                self._known.move_to_end(namespace)
+                return known[0]
+        info = self._lookup(namespace)  # an API call: outside the lock
+        with self._lock:
+            if info is None:
+                self._known.pop(namespace, None)
+                return None
+            self._known[namespace] = (info.uid, now)
+            self._known.move_to_end(namespace)
+            while len(self._known) > self._entries:
+                self._known.popitem(last=False)
+        return info.uid
+
+
+# -- audit ---------------------------------------------------------------------------------
+
+_AUDIT_PREFIX = f"dk-{os.urandom(4).hex()}"
+_audit_numbers = itertools.count(1)
+_Result = TypeVar("_Result", DataKeyResult, DecryptResult, ReEncryptResult)
+
+
+@dataclass(slots=True)
+class DataKeyAuditRecord(AuditRecord):
+    """An API audit line plus ``dataKey``: the ``namespace/name`` of the DataKey served."""
+
+    data_key: str | None = None
+
+    def to_json(self, now: float | None = None) -> str:
+        line = AuditRecord.to_json(self, now)
+        return f'{line[:-1]},"dataKey":{json.dumps(self.data_key)}}}'
+
+
+class AuditNotWritten(Exception):
+    """The audit line of an operation could not be written: its result must not be used."""
+
+
+def audited(
+    runtime: Runtime,
+    view: DataKeyView,
+    operation: str,
+    key: KeyRecord | None,
+    call: Callable[[], _Result],
+    *,
+    source: KeyRecord | None = None,
+) -> _Result:
+    """Run one key service operation for ``view`` and write its audit line, allowed or not.
+
+    Raises :class:`AuditNotWritten` when the line cannot be written (the result is dropped),
+    else returns the result or re-raises the service's refusal.
+    """
+    entry = DataKeyAuditRecord(
+        operation,
+        f"{_AUDIT_PREFIX}-{next(_audit_numbers)}",
+        caller=OPERATOR_CALLER,
+        namespace=view.namespace,
+        data_key=f"{view.namespace}/{view.name}",
+    )
+    if key is not None:
+        entry.key_name, entry.key_id = key.name, str(key.key_id)
+    if source is not None:
+        entry.source_namespace, entry.source_key_name = source.namespace, source.name
+        entry.source_key_id = str(source.key_id)
+    try:
+        result = call()
+    except KmsError as exc:
+        entry.outcome, entry.error_code = "error", exc.code
+        _write_audit(runtime, entry)
+        raise
+    entry.outcome = "allowed"
+    entry.key_id, entry.key_version = str(result.key_id), result.key_version
+    if isinstance(result, ReEncryptResult):
+        entry.source_key_id = str(result.source_key_id)
+        entry.source_key_version = result.source_key_version
+    _write_audit(runtime, entry)
+    return result
+
+
+def _write_audit(runtime: Runtime, entry: DataKeyAuditRecord) -> None:
+    try:
+        runtime.audit.write(entry)
+    except Exception as exc:
+        log.error(
+            "the audit line of %s for DataKey %s could not be written (%s): its result is not used",
+            entry.operation,
+            entry.data_key,
+            type(exc).__name__,
+        )
+        raise AuditNotWritten(
+            f"the audit line of {entry.operation} could not be written, so its result was "
+            "not used (the audit is fail-closed); retrying"
+        ) from None
+
+
 # -- reconciliation (synchronous: runs in a thread) ----------------------------------------
 
 
-def reconcile(runtime: Runtime, secrets: Secrets, view: DataKeyView) -> Outcome:
+def reconcile(
+    runtime: Runtime, secrets: Secrets, namespaces: NamespaceUids, view: DataKeyView
+) -> Outcome:
     """Make the owned Secret hold the data key; retried when someone writes it meanwhile."""
     for _ in range(_ATTEMPTS):
         try:
-            return _reconcile_once(runtime, secrets, view)
+            return _reconcile_once(runtime, secrets, namespaces, view)
         except SecretRaced as exc:
             log.debug("DataKey %s/%s: %s; trying again", view.namespace, view.name, exc)
+        except AuditNotWritten as exc:
+            return Outcome(
+                _not_ready(AUDIT_FAILED, str(exc)),
+                notices=[Notice("Warning", AUDIT_FAILED, str(exc), on_change=True)],
+                retry_after=ERROR_RETRY,
+            )
         except SecretWriteFailed as exc:
             return Outcome(
                 _not_ready(SECRET_WRITE_FAILED, str(exc)),
@@ -399,14 +560,14 @@ def reconcile(runtime: Runtime, secrets: Secrets, view: DataKeyView) -> Outcome:
     return Outcome(_not_ready(conditions.ERROR, message), retry_after=DEFAULT_KEY_WAIT)
 
 
-def _reconcile_once(runtime: Runtime, secrets: Secrets, view: DataKeyView) -> Outcome:
+def _reconcile_once(
+    runtime: Runtime, secrets: Secrets, namespaces: NamespaceUids, view: DataKeyView
+) -> Outcome:
     service = runtime.service
-    found = _key_for(runtime, view)
+    found = _key_for(runtime, namespaces, view)
     if isinstance(found, Outcome):
         return found
     record = found
-    if record.state is not KeyState.ENABLED:
-        return _refused(view, record, refuse_state(record, "a data key for this DataKey"))
 
     spec, namespace = view.spec, view.namespace
     context = encryption_context(namespace, view.name, spec.encryption_context)
@@ -440,13 +601,22 @@ def _reconcile_once(runtime: Runtime, secrets: Secrets, view: DataKeyView) -> Ou
 
     plaintext: bytes | None
     if blob is None:
-        generated = service.generate_data_key(
-            namespace,
-            record.key_id,
-            key_spec=spec.key_spec,
-            number_of_bytes=spec.number_of_bytes,
-            context=context,
-        )
+        try:
+            generated = audited(
+                runtime,
+                view,
+                "generate-data-key",
+                record,
+                lambda: service.generate_data_key(
+                    namespace,
+                    record.key_id,
+                    key_spec=spec.key_spec,
+                    number_of_bytes=spec.number_of_bytes,
+                    context=context,
+                ),
+            )
+        except KeyStateError as exc:
+            return _refused(view, record, exc)
         blob, plaintext = generated.ciphertext_blob, generated.plaintext
         key_id, version = generated.key_id, generated.key_version
         if view.status.get("keyVersion") is not None:
@@ -476,8 +646,12 @@ def _reconcile_once(runtime: Runtime, secrets: Secrets, view: DataKeyView) -> Ou
             version,
         )
     else:
+        sealed = blob
+        owner = key_of_blob_in(service, sealed, namespace)
         try:
-            opened = service.decrypt(blob, context)
+            opened = audited(
+                runtime, view, "decrypt", owner, lambda: _decrypt(service, owner, sealed, context)
+            )
         except InvalidCiphertext:
             message = (
                 f"the ciphertext in Secret {spec.secret_name} does not decrypt with this "
@@ -490,17 +664,29 @@ def _reconcile_once(runtime: Runtime, secrets: Secrets, view: DataKeyView) -> Ou
                 notices=[Notice("Warning", INVALID_CIPHERTEXT, message, on_change=True)],
             )
         except KeyStateError as exc:
-            return _refused(view, service.key_of_blob(blob), exc)
+            assert owner is not None  # only a key of this namespace refuses by its state
+            return _refused(view, owner, exc)
         plaintext = opened.plaintext
         key_id, version = opened.key_id, opened.key_version
         if (key_id, version) != (record.key_id, record.current_version):
-            moved = service.re_encrypt(
-                blob,
-                namespace,
-                record.key_id,
-                source_context=context,
-                destination_context=context,
-            )
+            assert owner is not None
+            try:
+                moved = audited(
+                    runtime,
+                    view,
+                    "re-encrypt",
+                    record,
+                    lambda: service.re_encrypt(
+                        sealed,
+                        namespace,
+                        record.key_id,
+                        source_context=context,
+                        destination_context=context,
+                    ),
+                    source=owner,
+                )
+            except KeyStateError as exc:
+                return _refused(view, record, exc)
             blob, key_id, version = moved.ciphertext_blob, moved.key_id, moved.key_version
             notices.append(
                 Notice(
@@ -544,9 +730,51 @@ def _reconcile_once(runtime: Runtime, secrets: Secrets, view: DataKeyView) -> Ou
     return Outcome(ready, key_id=key_id, key_version=version, notices=notices)
 
 
-def _key_for(runtime: Runtime, view: DataKeyView) -> KeyRecord | Outcome:
+def key_of_blob_in(service: KeyService, blob: bytes, namespace: str) -> KeyRecord | None:
+    """The key a blob names, if it is a live key of ``namespace``; None for any other blob.
+
+    A blob of another namespace's key (or of a detached key, or no blob at all) is never
+    decrypted, shown in status nor given Events: to the DataKey it is ``InvalidCiphertext``.
+    """
+    try:
+        owner = service.key_of_blob(blob)
+    except InvalidCiphertext:
+        return None
+    if owner.namespace != namespace or owner.is_detached:
+        log.debug("blob of key %s outside namespace %s: invalid here", owner.key_id, namespace)
+        return None
+    return owner
+
+
+def _decrypt(
+    service: KeyService, owner: KeyRecord | None, blob: bytes, context: Mapping[str, str]
+) -> DecryptResult:
+    if owner is None:
+        raise InvalidCiphertext()
+    return service.decrypt(blob, context)
+
+
+def _key_for(runtime: Runtime, namespaces: NamespaceUids, view: DataKeyView) -> KeyRecord | Outcome:
     """The key to use, or why there is none yet (creating the default key's object if needed)."""
     service, namespace, spec = runtime.service, view.namespace, view.spec
+    try:
+        namespace_uid = namespaces.uid(namespace)
+    except Exception as exc:
+        log.warning(
+            "DataKey %s/%s: reading its namespace failed (%s, status %s)",
+            namespace,
+            view.name,
+            type(exc).__name__,
+            getattr(exc, "status", None),
+        )
+        message = (
+            f"could not read namespace {namespace} ({type(exc).__name__}), which binds keys to "
+            "it; retrying"
+        )
+        return Outcome(_not_ready(NAMESPACE_UNREADABLE, message), retry_after=ERROR_RETRY)
+    if namespace_uid is not None:
+        # Keys an earlier namespace of this name left behind are detached here, never used.
+        service.observe_namespace(namespace, namespace_uid)
     try:
         return service.resolve(namespace, spec.reference)
     except NotFound:
@@ -647,6 +875,7 @@ def _lookup(service: KeyService, view: DataKeyView) -> KeyRecord | None:
 async def connect(memo: kopf.Memo, **_: Any) -> None:
     runtime: Runtime = memo.runtime
     memo.dk_secrets = await asyncio.to_thread(Secrets.connect, runtime.settings.kubeconfig)
+    memo.dk_namespaces = NamespaceUids(runtime.objects.namespace_info)
 
 
 @kopf.on.cleanup(id="dk-secrets-client-close", registry=registry)
@@ -691,7 +920,9 @@ async def _reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> Out
     lock: asyncio.Lock = memo.setdefault("dk_lock", asyncio.Lock())  # this object's memo
     async with lock:
         view = DataKeyView.of(body)
-        outcome = await asyncio.to_thread(reconcile, runtime, memo.dk_secrets, view)
+        outcome = await asyncio.to_thread(
+            reconcile, runtime, memo.dk_secrets, memo.dk_namespaces, view
+        )
         memo["dk_last_full"] = time.monotonic()
     patch.status.update(
         datakey_status(

@@ -1,13 +1,20 @@
 """Kopf handlers for ``KeyMaterialImport``: AWS KMS's ImportKeyMaterial flow as a resource.
 
 * create / update / resume: resolve ``spec.keyRef`` to an EXTERNAL key, issue import
-  parameters once (wrapping public key + import token in status), and when the spec names the
-  Secret holding the wrapped material, import it (phase ``Imported``);
+  parameters once (wrapping public key + import token in status), and when the spec carries the
+  wrapped material (inline in ``spec.encryptedKeyMaterial``, or in the Secret named by
+  ``spec.encryptedKeyMaterialSecretRef``), import it (phase ``Imported``);
 * ``kmi-expiry`` daemon: sleeps until the parameters' or the material's expiry (dates from the
   status and the store, re-read often) and shows phase ``Expired``; the store's own timer
   (:mod:`.scheduling`) deletes expired material;
 * ``kmi-delete``: deleting the object deletes the material it imported, unless another live
-  KeyMaterialImport holds the same version (the same material imported again).
+  KeyMaterialImport holds the same version (the same material imported again). The key named
+  by ``status.keyId`` must be the import's own (same namespace, the key ``spec.keyRef`` names
+  now, not detached): status can be written by others, so a mismatch is a Warning Event and
+  no material is touched.
+
+Wrapped material inline in the spec would reach the log through Kopf's DEBUG lines (they print
+the body and its diffs): :class:`RedactInlineMaterial` takes it out of those lines.
 
 One object is one import: parameters are issued once and are not renewed. Expired parameters
 or a spec change after the import are answered by creating a new KeyMaterialImport.
@@ -16,9 +23,12 @@ or a spec change after the import are answered by creating a new KeyMaterialImpo
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import enum
 import logging
 import math
+import re
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -73,6 +83,7 @@ MATERIAL_EXPIRED = conditions.MATERIAL_EXPIRED
 MATERIAL_DELETED = "MaterialDeleted"
 MATERIAL_KEPT = "MaterialKept"
 ALREADY_IMPORTED = "AlreadyImported"
+NOT_OWN_KEY = "KeyNotOwned"
 
 #: Failures a retry of the same spec cannot cure: settled until the spec changes.
 FINAL_REASONS = frozenset(
@@ -93,10 +104,35 @@ KEY_RETRY_DELAY = 10.0  # the key does not exist yet, or is pending deletion (ma
 SECRET_RETRY_DELAY = 5.0  # the Secret named by the spec is not there yet
 STORE_RETRY_DELAY = 10.0
 CONFLICT_RETRY = 0.5
+#: Where the wrapped material sits in a line Kopf logs (a body, a diff, a patch, the diff-base
+#: annotation's JSON), and the quoted base64 runs to take out of such a line.
+_INLINE_FIELD = re.compile(r"encryptedKeyMaterial\\?['\"]")
+_BASE64_RUN = re.compile(r"(\\?['\"])[A-Za-z0-9+/]{16,}={0,2}\1(?!\s*:)")  # values, not keys
 RECREATE_HINT = (
     "create a new KeyMaterialImport (delete this one and apply it again, or use another name) "
     "to get a new wrapping public key and import token"
 )
+
+
+# -- logging -------------------------------------------------------------------------------
+
+
+class RedactInlineMaterial(logging.Filter):
+    """Replaces the quoted base64 in log lines that show ``spec.encryptedKeyMaterial``.
+
+    Kopf logs whole bodies, diffs and patches at DEBUG; wrapped material is only readable by
+    the store, but it stays out of logs like everything handed over for an import.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if _INLINE_FIELD.search(message):
+            record.msg, record.args = _BASE64_RUN.sub(r"\1<redacted>\1", message), ()
+        return True
+
+
+_REDACTION = RedactInlineMaterial()
+logging.getLogger("kopf.objects").addFilter(_REDACTION)
 
 
 # -- parsing -------------------------------------------------------------------------------
@@ -113,6 +149,8 @@ class KeyMaterialImportSpec:
     secret_name: str | None
     secret_key: str
     valid_to: str | None
+    #: ``spec.encryptedKeyMaterial``: the wrapped material inline (base64 text, not decoded).
+    inline_material: str | None = field(default=None, repr=False)
 
     @classmethod
     def parse(cls, spec: Mapping[str, Any]) -> KeyMaterialImportSpec:
@@ -127,7 +165,13 @@ class KeyMaterialImportSpec:
             secret_name=ref.get("name") or None,
             secret_key=str(ref.get("key") or "encryptedKeyMaterial"),
             valid_to=spec.get("validTo") or None,
+            inline_material=spec.get("encryptedKeyMaterial") or None,
         )
+
+    @property
+    def handed_over(self) -> bool:
+        """The spec carries the wrapped material (inline) or names where it is (a Secret)."""
+        return self.inline_material is not None or self.secret_name is not None
 
 
 @dataclass(frozen=True)
@@ -222,7 +266,7 @@ def next_step(
     if not status.has_parameters_for(key_id):
         return Step.ISSUE
     expired = status.parameters_expired(now)
-    if spec.secret_name is not None:
+    if spec.handed_over:
         token = spec.import_token or status.import_token
         # A token of our own is known to be expired; any other one, the store judges.
         return Step.EXPIRE if expired and token == status.import_token else Step.IMPORT
@@ -273,10 +317,11 @@ def waiting_message(
     return (
         f"wrap exactly {MATERIAL_SIZE} bytes of key material (keep a backup: lost material is "
         f"lost data) with status.wrappingPublicKey ({spec.key_spec}) using "
-        f"{spec.algorithm}; store the wrapped bytes in a Secret in namespace {namespace} "
-        "(kubectl create secret generic <name> --from-file=encryptedKeyMaterial=wrapped.bin); "
-        "then set spec.encryptedKeyMaterialSecretRef.name (and .key if not "
-        "encryptedKeyMaterial) and spec.importToken to status.importToken, before "
+        f"{spec.algorithm}; then set spec.importToken to status.importToken and hand the "
+        "wrapped bytes over: inline as spec.encryptedKeyMaterial (base64 of wrapped.bin), or "
+        f"in a Secret in namespace {namespace} (kubectl create secret generic <name> "
+        "--from-file=encryptedKeyMaterial=wrapped.bin) named by "
+        "spec.encryptedKeyMaterialSecretRef.name (and .key if not encryptedKeyMaterial), before "
         f"{timestamp(params_expire_at) if params_expire_at else 'the parameters expire'}"
     )
 
@@ -538,7 +583,6 @@ async def _import(
     status: ImportStatus,
     record: KeyRecord,
 ) -> Outcome:
-    assert spec.secret_name is not None
     token = spec.import_token or status.import_token
     assert token is not None
     try:
@@ -546,18 +590,28 @@ async def _import(
     except ValueError:
         message = f"spec.validTo {spec.valid_to!r} is not an RFC 3339 date-time"
         return _not_ready(FAILED, INVALID_REQUEST, message)
-    try:
-        wrapped = await asyncio.to_thread(
-            Imports.sharing(runtime.objects).read_secret_value,
-            namespace,
-            spec.secret_name,
-            spec.secret_key,
-        )
-    except SecretValueMissing as exc:
-        message = f"{exc}: create it with the wrapped material (spec.encryptedKeyMaterialSecretRef)"
-        return _not_ready(
-            WAITING, MATERIAL_SECRET_NOT_FOUND, message, retry_delay=SECRET_RETRY_DELAY
-        )
+    if spec.inline_material is not None:
+        try:
+            wrapped = base64.b64decode(spec.inline_material, validate=True)
+        except (binascii.Error, ValueError):
+            message = "spec.encryptedKeyMaterial is not base64: give the base64 of wrapped.bin"
+            return _not_ready(FAILED, INVALID_REQUEST, message)
+    else:
+        assert spec.secret_name is not None
+        try:
+            wrapped = await asyncio.to_thread(
+                Imports.sharing(runtime.objects).read_secret_value,
+                namespace,
+                spec.secret_name,
+                spec.secret_key,
+            )
+        except SecretValueMissing as exc:
+            message = (
+                f"{exc}: create it with the wrapped material (spec.encryptedKeyMaterialSecretRef)"
+            )
+            return _not_ready(
+                WAITING, MATERIAL_SECRET_NOT_FOUND, message, retry_delay=SECRET_RETRY_DELAY
+            )
     try:
         updated, version = await asyncio.to_thread(
             runtime.service.import_material, record.key_id, token, wrapped, valid_to
@@ -748,6 +802,22 @@ async def delete(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         runtime.scheduler.wake()
 
 
+def not_own_key(
+    record: KeyRecord, bound: KeyRecord | None, *, namespace: str, key_name: str
+) -> str | None:
+    """Why the key ``status.keyId`` names is not this import's to touch, or None if it is.
+
+    ``bound``: the key ``spec.keyRef`` names in the import's namespace now. Status is not
+    proof (anyone allowed to write it could name another key): the key must be in the same
+    namespace, under the ``keyRef`` name, and be the one bound to that name (not detached).
+    """
+    if record.namespace != namespace or record.name != key_name:
+        return f"status.keyId {record.key_id} is not the key of spec.keyRef {namespace}/{key_name}"
+    if record.is_detached or bound is None or bound.key_id != record.key_id:
+        return f"status.keyId {record.key_id} is not the key bound to {namespace}/{key_name} now"
+    return None
+
+
 def _delete_material(runtime: Runtime, body: dict[str, Any]) -> bool:
     meta = body["metadata"]
     namespace, name, uid = meta["namespace"], meta["name"], meta.get("uid")
@@ -755,15 +825,32 @@ def _delete_material(runtime: Runtime, body: dict[str, Any]) -> bool:
     if status.key_id is None or status.key_version is None:
         return False  # nothing was imported
     service = runtime.service
+    imports = Imports.sharing(runtime.objects)
+    key_name = KeyMaterialImportSpec.parse(body.get("spec") or {}).key_name
     try:
         record = service.get(uuid.UUID(status.key_id))
-    except NotFound:
-        return False  # the key is destroyed: nothing left
+    except (NotFound, ValueError):
+        return False  # the key is destroyed (or status names no key): nothing left
+    why = not_own_key(
+        record, service.find(namespace, key_name), namespace=namespace, key_name=key_name
+    )
+    if why is not None:
+        log.warning(
+            "KeyMaterialImport %s/%s deleted: %s; no material deleted", namespace, name, why
+        )
+        try:
+            imports.post_event(
+                namespace, name, uid, type_="Warning", reason=NOT_OWN_KEY,
+                message=f"{why}: no material was deleted (the status was not written by the "
+                "operator, or the key was replaced)",
+            )  # fmt: skip
+        except Exception:
+            log.exception("could not post the %s event on %s/%s", NOT_OWN_KEY, namespace, name)
+        return False
     version = status.key_version
     held = record.version(version)
     if held is None or held.state is not VersionState.ENABLED:
         return False  # expired or deleted already
-    imports = Imports.sharing(runtime.objects)
     holders = sorted(
         item["metadata"]["name"]
         for item in imports.list_kmis(namespace)

@@ -8,7 +8,7 @@ import logging
 
 import kopf
 
-from kms_operator.api import tls
+from kms_operator.api import audit, tls
 from kms_operator.api.server import start_api_server
 from kms_operator.keys.clock import Timescale
 from kms_operator.keys.service import KeyService
@@ -46,12 +46,14 @@ async def _serve(settings: Settings, service: KeyService) -> None:
     api_client = load_api_client(settings.kubeconfig)
     objects = Objects(api_client)
     scheduler = DeadlineScheduler(service, objects, max_sleep=min(30.0, settings.day_seconds / 4))
+    audit_sink = audit.open_sink(settings.audit_log)  # the operator's lines; the API opens its own
     runtime = Runtime(
         service=service,
         objects=objects,
         scheduler=scheduler,
         settings=settings,
         connection=connection_parameters(api_client),
+        audit=audit_sink,
     )
     await asyncio.to_thread(service.warm_cache)
     api = None
@@ -88,4 +90,5 @@ async def _serve(settings: Settings, service: KeyService) -> None:
                 await task
         if api is not None:
             await api.stop()
+        audit_sink.close()
         api_client.close()  # type: ignore[no-untyped-call]

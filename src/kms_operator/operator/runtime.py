@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kms_operator.api.audit import AuditSink
 from kms_operator.keys.service import KeyService
 from kms_operator.kube.client import ConnectionParameters
 from kms_operator.kube.objects import Objects
@@ -19,3 +20,6 @@ class Runtime:
     scheduler: DeadlineScheduler
     settings: Settings
     connection: ConnectionParameters
+    #: The operator's own audit lines (DataKeys' generate, decrypt, re-encrypt): the same
+    #: target as the API's (``--audit-log``), fail-closed.
+    audit: AuditSink
