@@ -10,11 +10,11 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from tests.support.clocks import ManualClock
 
 from kms_operator.errors import DefaultKeyProtected, InvalidRequest, KeyStateError
 from kms_operator.keys.service import KeyService
 from kms_operator.store.records import KeyState
-from tests.support.clocks import ManualClock
 
 pytestmark = pytest.mark.unit
 
