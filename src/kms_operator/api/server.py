@@ -140,11 +140,21 @@ async def _publish_ca(api_client: ApiClient, settings: Settings, ca_pem: bytes) 
 
 
 async def start_api_server(
-    service: KeyService, settings: Settings, api_client: ApiClient | None
+    service: KeyService,
+    settings: Settings,
+    api_client: ApiClient | None,
+    *,
+    serving: tls.ServingTls | None = None,
 ) -> ApiServer:
-    """Serve the API over TLS on ``settings.api_host:api_port`` (port 0: any free port)."""
+    """Serve the API over TLS on ``settings.api_host:api_port`` (port 0: any free port).
+
+    ``serving``: a TLS identity loaded already (shared with the webhook); its owner removes
+    it. Without it, one is loaded or generated here and removed on :meth:`ApiServer.stop`.
+    """
     authenticator, authorizer = build_auth(settings, api_client)
-    serving = await asyncio.to_thread(tls.load_or_generate, settings)
+    owned = serving is None
+    if serving is None:
+        serving = await asyncio.to_thread(tls.load_or_generate, settings)
     if serving.generated and api_client is not None:
         await _publish_ca(api_client, settings, serving.ca_pem)
     sink = audit.open_sink(settings.audit_log)
@@ -159,7 +169,8 @@ async def start_api_server(
     except BaseException:
         await runner.cleanup()
         sink.close()
-        serving.cleanup()
+        if owned:
+            serving.cleanup()
         raise
     port = settings.api_port
     for address in runner.addresses:
@@ -169,5 +180,10 @@ async def start_api_server(
     url = _url(settings.api_host, port)
     log.info("API serving at %s (audit to %s)", url, settings.audit_log)
     return ApiServer(
-        runner=runner, app=app, url=url, ca_pem=serving.ca_pem, serving=serving, sink=sink
+        runner=runner,
+        app=app,
+        url=url,
+        ca_pem=serving.ca_pem,
+        serving=serving if owned else None,
+        sink=sink,
     )

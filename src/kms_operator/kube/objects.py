@@ -33,12 +33,19 @@ class CrdNotInstalled(KmsError):
     """Our CustomResourceDefinitions are missing from the cluster."""
 
 
+class WebhookConfigurationMissing(KmsError):
+    """The ValidatingWebhookConfiguration the operator fills in does not exist."""
+
+    retryable = True
+
+
 class Objects:
     """The operator's writes outside Kopf handlers: scheduler, cancellations, drift reports."""
 
     def __init__(self, api_client: client.ApiClient) -> None:
         self._custom = client.CustomObjectsApi(api_client)
         self._core = client.CoreV1Api(api_client)
+        self._admission = client.AdmissionregistrationV1Api(api_client)
 
     def namespace_info(self, namespace: str) -> NamespaceInfo | None:
         """The namespace's UID and whether it is terminating; None when it does not exist."""
@@ -133,6 +140,22 @@ class Objects:
                 return False
             raise
         return True
+
+    def patch_validating_webhooks(self, name: str, webhooks: list[Body]) -> None:
+        """Replace the ``webhooks`` of the ValidatingWebhookConfiguration ``name`` (patch only:
+        the operator may neither create nor delete webhook configurations)."""
+        try:
+            self._admission.patch_validating_webhook_configuration(
+                name, {"webhooks": webhooks}, _content_type="application/merge-patch+json"
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                raise WebhookConfigurationMissing(
+                    f"ValidatingWebhookConfiguration {name} does not exist: the Helm chart "
+                    "creates it with webhook.enabled=true (without the chart, create it with "
+                    "no webhooks; the operator fills them in)"
+                ) from None
+            raise
 
     def post_event(
         self,

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from kms_operator.keys.service import KeyService
 from kms_operator.kube.client import ConnectionParameters
 from kms_operator.kube.objects import Objects
 from kms_operator.settings import Settings
 
-from .scheduling import DeadlineScheduler
+from .scheduling import Backoff, DeadlineScheduler
 
 
 @dataclass
@@ -19,3 +19,5 @@ class Runtime:
     scheduler: DeadlineScheduler
     settings: Settings
     connection: ConnectionParameters
+    #: Delays between retries of failed handler steps (deletion, re-creation).
+    backoff: Backoff = field(default_factory=lambda: Backoff(first=1.0, cap=60.0))
