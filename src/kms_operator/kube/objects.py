@@ -115,31 +115,47 @@ class Objects:
         )
 
     def remove_finalizer(self, body: Body, finalizer: str) -> bool:
-        """Drop ``finalizer`` with a resourceVersion precondition; False if already gone."""
-        meta = body["metadata"]
-        finalizers = list(meta.get("finalizers") or [])
-        if finalizer not in finalizers:
-            return False
-        finalizers.remove(finalizer)
-        try:
-            self._custom.patch_namespaced_custom_object(
-                GROUP,
-                VERSION,
-                meta["namespace"],
-                CMK_PLURAL,
-                meta["name"],
-                {
-                    "metadata": {
-                        "finalizers": finalizers,
-                        "resourceVersion": meta["resourceVersion"],
-                    }
-                },
-            )
-        except ApiException as exc:
-            if exc.status == 404:
+        """Drop ``finalizer`` with a resourceVersion precondition; False if already gone.
+
+        On a conflict (the object changed since ``body`` was read) the same object (same UID)
+        is read again and the removal retried, a few times.
+        """
+        uid = body["metadata"].get("uid")
+        for _ in range(3):
+            meta = body["metadata"]
+            finalizers = list(meta.get("finalizers") or [])
+            if finalizer not in finalizers:
                 return False
-            raise
-        return True
+            finalizers.remove(finalizer)
+            try:
+                self._custom.patch_namespaced_custom_object(
+                    GROUP,
+                    VERSION,
+                    meta["namespace"],
+                    CMK_PLURAL,
+                    meta["name"],
+                    {
+                        "metadata": {
+                            "finalizers": finalizers,
+                            "resourceVersion": meta["resourceVersion"],
+                        }
+                    },
+                )
+            except ApiException as exc:
+                if exc.status == 404:
+                    return False
+                if exc.status != 409:
+                    raise
+                fresh = self.get_cmk(meta["namespace"], meta["name"])
+                if fresh is None or fresh["metadata"].get("uid") != uid:
+                    return False
+                body = fresh
+                continue
+            return True
+        raise KmsError(
+            f"{body['metadata']['namespace']}/{body['metadata']['name']} kept changing while "
+            f"{finalizer} was being removed"
+        )
 
     def patch_validating_webhooks(self, name: str, webhooks: list[Body]) -> None:
         """Replace the ``webhooks`` of the ValidatingWebhookConfiguration ``name`` (patch only:

@@ -335,8 +335,12 @@ def report_detached(objects: Objects, records: list[KeyRecord]) -> None:
                 reason=conditions.KEY_WITHOUT_OBJECT,
                 message=message,
             )
-        except Exception:
-            log.exception("could not post the KeyWithoutObject Event of key %s", record.key_id)
+        except Exception as exc:
+            log.warning(
+                "could not post the KeyWithoutObject Event of key %s (%s)",
+                record.key_id,
+                describe_error(exc),
+            )
 
 
 def detached_message(record: KeyRecord) -> str:
@@ -572,7 +576,8 @@ def _handle_deletion(runtime: Runtime, body: dict[str, Any]) -> dict[str, Any] |
         return None
     annotations = meta.get("annotations") or {}
     if record.is_default and not info.terminating:
-        objects.post_event(
+        _announce(
+            objects,
             namespace,
             name,
             uid,
@@ -586,7 +591,8 @@ def _handle_deletion(runtime: Runtime, body: dict[str, Any]) -> dict[str, Any] |
         if not info.terminating:
             if record.state is KeyState.PENDING_DELETION:
                 service.cancel_deletion(record.key_id)
-            objects.post_event(
+            _announce(
+                objects,
                 namespace,
                 name,
                 uid,
@@ -596,7 +602,8 @@ def _handle_deletion(runtime: Runtime, body: dict[str, Any]) -> dict[str, Any] |
                 "spec.enabled: true to use it again",
             )
             return fresh_object(body, record, enabled=False)
-        objects.post_event(
+        _announce(
+            objects,
             namespace,
             name,
             uid,
@@ -656,7 +663,8 @@ def _schedule(
             ),
         )
     if not was_pending:
-        objects.post_event(
+        _announce(
+            objects,
             record.namespace,
             record.name,
             meta.get("uid"),
@@ -666,6 +674,31 @@ def _schedule(
         )
     runtime.scheduler.wake()
     return record
+
+
+def _announce(
+    objects: Objects,
+    namespace: str,
+    name: str,
+    uid: str | None,
+    *,
+    type_: str,
+    reason: str,
+    message: str,
+) -> None:
+    """An Event, best effort: the API server refuses new Events in a namespace being deleted
+    (the status condition and the log line still say it)."""
+    log.info("%s/%s: %s: %s", namespace, name, reason, message)
+    try:
+        objects.post_event(namespace, name, uid, type_=type_, reason=reason, message=message)
+    except Exception as exc:
+        log.warning(
+            "could not post the %s Event of %s/%s (%s)",
+            reason,
+            namespace,
+            name,
+            describe_error(exc),
+        )
 
 
 def _report_failure(
@@ -1021,6 +1054,8 @@ def report_keys_without_objects(runtime: Runtime) -> int:
                 reason=conditions.KEY_WITHOUT_OBJECT,
                 message=message,
             )
-        except Exception:
-            log.exception("could not post the drift event for %s", record.key_id)
+        except Exception as exc:
+            log.warning(
+                "could not post the drift event for %s (%s)", record.key_id, describe_error(exc)
+            )
     return missing

@@ -196,9 +196,20 @@ def publish_key_change(
     uid = body["metadata"].get("uid") if body else None
     if uid is None:
         message = f"key {record.key_id} (no CustomerMasterKey holds it): {message}"
-    objects.post_event(
-        record.namespace, record.name, uid, type_="Normal", reason=reason, message=message
-    )
+    try:
+        objects.post_event(
+            record.namespace, record.name, uid, type_="Normal", reason=reason, message=message
+        )
+    except Exception:
+        # A namespace being deleted refuses new Events; the status below still shows it.
+        log.warning(
+            "could not post the %s Event of key %s (%s/%s): %s",
+            reason,
+            record.key_id,
+            record.namespace,
+            record.name,
+            message,
+        )
     if body is None or record.state is KeyState.DESTROYED:
         return
     objects.patch_cmk_status(
