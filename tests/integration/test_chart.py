@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from kms_operator.controlplane import LocalControlPlane
+from kms_operator.operator.registries import WEBHOOK_CONFIGURATION
 
 pytestmark = pytest.mark.integration
 
@@ -184,6 +185,11 @@ def _install_rendered(
     manifest = tools.template(release, namespace, *sets)
     objects = [doc for doc in yaml.safe_load_all(manifest) if doc]
     cluster_scoped += _cluster_objects(release)
+    cluster_scoped += [
+        f"validatingwebhookconfiguration/{o['metadata']['name']}"
+        for o in objects
+        if o["kind"] == "ValidatingWebhookConfiguration"
+    ]
     result = tools.apply(manifest)
     assert "Warning" not in result.stderr, result.stderr  # Pod Security "restricted" is met
     return release, objects
@@ -230,7 +236,7 @@ def test_all_optional_objects_are_accepted(
         "networkPolicy.enabled=true",
         "webhook.enabled=true",
         "developmentOnly.daySeconds=60",
-        "api.tokenAudiences={kms.cmk.dev}",
+        "api.tokenAudience=kms.cmk.dev",
         f"watchNamespaces={{{namespace}}}",
         "rbac.readSecretsForImports=false",
     )
@@ -258,6 +264,8 @@ def test_rbac_cluster_wide_is_exactly_what_the_operator_uses(
         ("watch", "customresourcedefinitions.apiextensions.k8s.io", []),
         ("create", "tokenreviews.authentication.k8s.io", []),
         ("create", "subjectaccessreviews.authorization.k8s.io", []),
+        # Keys are bound to their namespace's UID: one namespace at a time, by name.
+        ("get", "namespaces/some-team", []),
         ("create", "configmaps", ["-n", namespace]),
         ("patch", f"configmaps/{release}-ca", ["-n", namespace]),
         ("get", f"configmaps/{release}-ca", ["-n", namespace]),
@@ -281,6 +289,9 @@ def test_rbac_cluster_wide_is_exactly_what_the_operator_uses(
         ("patch", f"configmaps/{release}-ca", ["-n", "kube-system"]),
         ("create", "configmaps", anywhere),
         ("list", "namespaces", []),
+        ("watch", "namespaces", []),
+        ("update", "namespaces/some-team", []),
+        ("delete", "namespaces/some-team", []),
         ("create", "pods", ["-n", namespace]),
         ("create", "validatingwebhookconfigurations.admissionregistration.k8s.io", []),
         ("impersonate", "serviceaccounts", anywhere),
@@ -335,17 +346,30 @@ def test_rbac_for_the_webhook(
     tools: Tools, make_namespace: Callable[[], str], cluster_scoped: list[str]
 ) -> None:
     namespace = make_namespace()
+    """Issue 8, item 5: the chart makes the ValidatingWebhookConfiguration; the operator can
+    patch that one only: no create, no other configuration, nothing mutating."""
     release, _ = _install_rendered(tools, cluster_scoped, namespace, "webhook.enabled=true")
+    live = yaml.safe_load(
+        tools.kubectl_run(
+            "get", "validatingwebhookconfiguration", WEBHOOK_CONFIGURATION, "-o", "yaml"
+        ).stdout
+    )
+    assert live["metadata"]["labels"]["app.kubernetes.io/instance"] == release
+    assert not live.get("webhooks")
     sa = f"{namespace}:{release}"
-    granted: list[Case] = [
-        ("create", "validatingwebhookconfigurations.admissionregistration.k8s.io", []),
-        ("patch", "validatingwebhookconfigurations.admissionregistration.k8s.io/kms.cmk.dev", []),
-        ("patch", "mutatingwebhookconfigurations.admissionregistration.k8s.io/kms.cmk.dev", []),
-    ]
+    validating = "validatingwebhookconfigurations.admissionregistration.k8s.io"
+    mutating = "mutatingwebhookconfigurations.admissionregistration.k8s.io"
+    granted: list[Case] = [("patch", f"{validating}/{WEBHOOK_CONFIGURATION}", [])]
     refused: list[Case] = [
-        ("patch", "validatingwebhookconfigurations.admissionregistration.k8s.io/other", []),
-        ("delete", "validatingwebhookconfigurations.admissionregistration.k8s.io", []),
-        ("list", "mutatingwebhookconfigurations.admissionregistration.k8s.io", []),
+        ("create", validating, []),
+        ("create", mutating, []),
+        ("patch", f"{mutating}/{WEBHOOK_CONFIGURATION}", []),
+        ("update", f"{validating}/{WEBHOOK_CONFIGURATION}", []),
+        ("delete", f"{validating}/{WEBHOOK_CONFIGURATION}", []),
+        ("patch", f"{validating}/other", []),
+        ("list", validating, []),
+        ("list", mutating, []),
+        ("get", f"{mutating}/{WEBHOOK_CONFIGURATION}", []),
     ]
     _check(tools, sa, granted, refused)
 

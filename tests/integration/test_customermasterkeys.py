@@ -166,6 +166,8 @@ def test_cancel_deletion_recreates_the_object_disabled_with_the_same_key(
     assert body["spec"]["enabled"] is False
     assert body["spec"]["aliases"] == ["alias/saved"]
     assert "kms.cmk.dev/cancel-deletion" not in body["metadata"].get("annotations", {})
+    # The new object claims its key by id (issue 8, item 1): a name alone binds nothing.
+    assert body["metadata"]["annotations"]["kms.cmk.dev/key-id"] == before["keyId"]
     assert not body["metadata"].get("deletionTimestamp")
     cmks.patch(namespace, "saved", {"spec": {"enabled": True}})
     assert cmks.wait_state(namespace, "saved", "Enabled")["keyId"] == before["keyId"]
@@ -206,6 +208,7 @@ def test_default_key_cannot_be_disabled_or_deleted(
     )
     assert body["status"]["state"] == "Enabled"
     assert body["status"]["keyId"] == key_id
+    assert body["metadata"]["annotations"]["kms.cmk.dev/key-id"] == key_id
     assert "DefaultKeyProtected" in _event_reasons(kube_api, namespace, "kms-default-datakeys")
 
 
@@ -348,12 +351,42 @@ def test_key_whose_object_is_gone_is_reported_at_start(
         what="the drift event",
     )
     assert key_id in events[0].message
+    assert f"kms.cmk.dev/key-id={key_id}" in events[0].message  # how to bind it again
     # The key itself is kept, not destroyed: drift is reported, never papered over.
     operator_process.stop()
     record = _store_view(operator_process).find(namespace, "abandoned")
     assert record is not None and str(record.key_id) == key_id
     assert record.state.value == "Enabled"
     operator_process.start()
+
+
+def test_a_new_object_takes_a_kept_key_only_by_claiming_it(
+    operator_process: OperatorProcess, cmks: Cmks, namespace: str, kube_api: client.ApiClient
+) -> None:
+    """Issue 8, item 1: keys are bound to their object's UID. A new object of the same name
+    gets neither the old key nor a new one until it claims the old one by id."""
+    cmks.create(namespace, "kept", {"aliases": ["alias/kept"]})
+    key_id = cmks.wait_state(namespace, "kept", "Enabled")["keyId"]
+    operator_process.stop()
+    cmks.patch(namespace, "kept", {"metadata": {"finalizers": None}})
+    cmks.delete(namespace, "kept")
+    wait_for(lambda: cmks.get(namespace, "kept") is None, what="the object gone")
+    operator_process.start()
+
+    cmks.create(namespace, "kept", {"aliases": ["alias/kept"]})
+    status = cmks.wait_status(
+        namespace, "kept", lambda s: _condition(s, "Ready").get("reason") == "KeyBoundElsewhere"
+    )
+    assert _condition(status, "Ready")["status"] == "False"
+    assert key_id in _condition(status, "Ready")["message"]
+    assert not status.get("keyId")  # no new key behind the user's back
+    wait_for(
+        lambda: "KeyBoundElsewhere" in _event_reasons(kube_api, namespace, "kept"),
+        what="the KeyBoundElsewhere Event",
+    )
+    cmks.patch(namespace, "kept", {"metadata": {"annotations": {"kms.cmk.dev/key-id": key_id}}})
+    bound = cmks.wait_state(namespace, "kept", "Enabled")
+    assert bound["keyId"] == key_id and bound["alias"] == "alias/kept"
 
 
 def _kmsctl(operator: OperatorProcess, *args: str) -> subprocess.CompletedProcess[str]:

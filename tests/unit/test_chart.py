@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from kms_operator.cli import operator_cli
+from kms_operator.operator.registries import WEBHOOK_CONFIGURATION
 from kms_operator.store.rootkey import load_root_key_file
 
 pytestmark = pytest.mark.unit
@@ -133,6 +134,7 @@ def test_lint_strict(helm: Path, sets: tuple[str, ...]) -> None:
         "logging.format=xml",
         "developmentOnly.daySeconds=0",
         "watchNamespaces={Not_A_Namespace}",
+        "api.tokenAudience=",
     ],
 )
 def test_schema_refuses(helm: Path, bad: str) -> None:
@@ -244,6 +246,8 @@ def test_operator_arguments(pod: Obj) -> None:
     assert "--api-service-name=kms-operator" in args
     assert "--ca-configmap=kms-operator-ca" in args
     assert "--tls-dir=/var/lib/kms-operator/tls" in args  # on the volume: a stable CA
+    # Tokens minted for the Kubernetes API server are refused by default (issue 8, item 6).
+    assert [a for a in args if a.startswith("--token-audience")] == ["--token-audience=kms.cmk.dev"]
     assert not [a for a in args if a.startswith(("--day-seconds", "--namespace", "--static"))]
 
 
@@ -253,7 +257,7 @@ def test_every_flag_exists_in_kms_operator_run(helm: Path) -> None:
         "watchNamespaces={a}",
         "webhook.enabled=true",
         "developmentOnly.daySeconds=60",
-        "api.tokenAudiences={kms.cmk.dev}",
+        "api.tokenAudience=kms.cmk.dev",
     )
     args = one(objects, "StatefulSet")["spec"]["template"]["spec"]["containers"][0]["args"]
     known = {opt for param in operator_cli.run.params for opt in param.opts + param.secondary_opts}
@@ -416,6 +420,8 @@ CLUSTER = {
     ("apiextensions.k8s.io", "customresourcedefinitions"): "get list watch",
     ("authentication.k8s.io", "tokenreviews"): "create",
     ("authorization.k8s.io", "subjectaccessreviews"): "create",
+    # Keys are bound to their namespace's UID (issue 8, item 1): one namespace at a time.
+    ("", "namespaces"): "get",
 }
 CA_PUBLISHER = _expand({("", "configmaps"): "create"}) | _expand(
     {("", "configmaps"): "get update patch"}, "kms-operator-ca"
@@ -426,13 +432,17 @@ def _no_wildcards_nor_secret_listing(objects: list[Obj]) -> None:
     for obj in objects:
         if obj["kind"] not in ("ClusterRole", "Role"):
             continue
-        for group, resource, verb, _ in _rules(obj):
+        for group, resource, verb, name in _rules(obj):
             assert "*" not in (group, resource, verb), obj["metadata"]["name"]
             if resource == "secrets":
                 # One Secret at a time, by name: never list, watch (a cache of every Secret)
                 # nor patch.
                 assert verb in ("get", "create", "update"), verb
             assert verb not in ("delete", "deletecollection", "escalate", "bind", "impersonate")
+            # Webhooks: never mutating ones, never create (issue 8, item 5).
+            assert resource != "mutatingwebhookconfigurations", obj["metadata"]["name"]
+            if resource == "validatingwebhookconfigurations":
+                assert (verb, name) == ("patch", WEBHOOK_CONFIGURATION)
 
 
 def test_rbac_cluster_wide(default: list[Obj]) -> None:
@@ -475,17 +485,27 @@ def test_rbac_watched_namespaces(helm: Path) -> None:
 
 
 def test_rbac_webhook(helm: Path) -> None:
+    """Issue 8, item 5: the chart creates the ValidatingWebhookConfiguration; the operator may
+    patch that one only (no create, no mutating webhooks), under the name it patches."""
     objects = render(helm, "webhook.enabled=true")
     _no_wildcards_nor_secret_listing(objects)
-    webhooks = {"validatingwebhookconfigurations", "mutatingwebhookconfigurations"}
     granted = {
         rule
         for rule in _rules(one(objects, "ClusterRole"))
         if rule[0] == "admissionregistration.k8s.io"
     }
-    assert granted == {("admissionregistration.k8s.io", r, "create", "") for r in webhooks} | {
-        ("admissionregistration.k8s.io", r, "patch", "kms.cmk.dev") for r in webhooks
+    assert granted == {
+        (
+            "admissionregistration.k8s.io",
+            "validatingwebhookconfigurations",
+            "patch",
+            WEBHOOK_CONFIGURATION,
+        )
     }
+    configuration = one(objects, "ValidatingWebhookConfiguration")
+    assert configuration["metadata"]["name"] == WEBHOOK_CONFIGURATION
+    assert configuration["webhooks"] == []  # the operator fills them in
+    assert not [o for o in objects if o["kind"] == "MutatingWebhookConfiguration"]
     service = one(objects, "Service")
     assert [p["name"] for p in service["spec"]["ports"]] == ["https", "webhook"]
     args = one(objects, "StatefulSet")["spec"]["template"]["spec"]["containers"][0]["args"]

@@ -14,7 +14,11 @@ from kms_operator.operator.customermasterkeys import (
     admission_problem,
     alias_claims,
     alias_conflict_condition,
+    claim_of,
     default_service_of,
+    fresh_object,
+    parse_key_id,
+    webhook_entries,
 )
 from kms_operator.store.records import KeyRecord, Origin, VersionRecord, VersionState
 
@@ -160,3 +164,60 @@ def test_admission_refuses_reserved_and_taken_aliases_only_when_added() -> None:
     assert admission_problem("UPDATE", same, same, taken) is None
     assert admission_problem("CREATE", None, _body(aliases=["alias/t"]), {"alias/t": {"k"}}) is None
     assert admission_problem("DELETE", _body(aliases=["alias/t"]), None, {}) is None
+
+
+def test_admission_admits_a_default_keys_deletion_only_with_its_namespace() -> None:
+    """Issue 8, item 1: refusing it in a terminating namespace kept the namespace forever."""
+    old = _body(DEFAULT, enabled=True, aliases=["alias/kms/datakeys"])
+    assert "deleted" in (admission_problem("DELETE", old, None, {}) or "")
+    assert admission_problem("DELETE", old, None, {}, namespace_terminating=True) is None
+    # Only deletion: a terminating namespace does not open the other rules.
+    disabled = _body(DEFAULT, enabled=False, aliases=["alias/kms/datakeys"])
+    assert "disabled" in (
+        admission_problem("UPDATE", old, disabled, {}, namespace_terminating=True) or ""
+    )
+
+
+def test_webhook_entries_point_at_the_handler() -> None:
+    (entry,) = webhook_entries({"url": "https://kms.kms-system.svc:9443", "caBundle": "Q0E="})
+    assert entry["clientConfig"] == {
+        "url": "https://kms.kms-system.svc:9443/cmk-admission",
+        "caBundle": "Q0E=",
+    }
+    assert entry["failurePolicy"] == "Ignore" and entry["sideEffects"] == "None"
+    (rule,) = entry["rules"]
+    assert rule["resources"] == ["customermasterkeys"]
+    assert rule["operations"] == ["CREATE", "UPDATE", "DELETE"]
+    (by_service,) = webhook_entries({"service": {"name": "kms", "namespace": "n", "port": 9443}})
+    assert by_service["clientConfig"]["service"]["path"] == "/cmk-admission"
+
+
+def test_recreated_object_claims_its_key() -> None:
+    body = {
+        "metadata": {
+            "name": "k",
+            "namespace": "ns",
+            "labels": {"a": "b"},
+            "annotations": {
+                "kms.cmk.dev/cancel-deletion": "true",
+                "kopf.kms.cmk.dev/last-handled-configuration": "{}",
+                "kubectl.kubernetes.io/last-applied-configuration": "{}",
+                "team": "payments",
+            },
+        },
+        "spec": {"enabled": True, "aliases": ["alias/a"]},
+    }
+    fresh = fresh_object(body, _record(), enabled=False)
+    assert fresh["metadata"]["annotations"] == {
+        "team": "payments",
+        "kms.cmk.dev/key-id": str(uuid.UUID(int=7)),
+    }
+    assert fresh["spec"] == {"enabled": False, "aliases": ["alias/a"]}
+    assert claim_of(fresh["metadata"], {}) == (
+        str(uuid.UUID(int=7)),
+        "the annotation kms.cmk.dev/key-id",
+    )
+    assert claim_of(fresh["metadata"], {"keyId": "x"}) == ("x", "status.keyId")
+    assert parse_key_id(str(uuid.UUID(int=7))) == uuid.UUID(int=7)
+    for spelling in ("{" + str(uuid.UUID(int=7)) + "}", "urn:uuid:" + str(uuid.UUID(int=7))):
+        assert parse_key_id(spelling) is None

@@ -226,15 +226,20 @@ async def start_api_server(
     api_client: ApiClient | None,
     *,
     readiness_checks: Sequence[ReadinessCheck] = (),
+    serving: tls.ServingTls | None = None,
 ) -> ApiServer:
     """Serve the API over TLS on ``settings.api_host:api_port`` (port 0: any free port).
 
     ``readiness_checks``: callables of other components, each returning None when healthy or
     a short problem text; ``/readyz`` answers 503 with the problems while any reports one.
+    ``serving``: a TLS identity loaded already (shared with the webhook); its owner removes
+    it. Without it, one is loaded or generated here and removed on :meth:`ApiServer.stop`.
     """
     auth = build_auth(settings, api_client)
+    owned = serving is None
     try:
-        serving = await asyncio.to_thread(tls.load_or_generate, settings)
+        if serving is None:
+            serving = await asyncio.to_thread(tls.load_or_generate, settings)
     except BaseException:
         auth.close()
         raise
@@ -244,7 +249,8 @@ async def start_api_server(
         sink = audit.open_sink(settings.audit_log)
     except BaseException:
         auth.close()
-        serving.cleanup()
+        if owned:
+            serving.cleanup()
         raise
     timeout = settings.request_timeout_seconds
     app = create_app(
@@ -277,7 +283,8 @@ async def start_api_server(
         await runner.cleanup()
         sink.close()
         auth.close()
-        serving.cleanup()
+        if owned:
+            serving.cleanup()
         raise
     port = settings.api_port
     for address in runner.addresses:
@@ -291,7 +298,7 @@ async def start_api_server(
         app=app,
         url=url,
         ca_pem=serving.ca_pem,
-        serving=serving,
+        serving=serving if owned else None,
         sink=sink,
         auth=auth,
     )

@@ -486,13 +486,19 @@ class KeyService:
         )
         return updated
 
-    def schedule_deletion(self, key_id: uuid.UUID, pending_window_days: int) -> KeyRecord:
-        """PendingDeletion until now + window; the date is fixed when first requested."""
+    def schedule_deletion(
+        self, key_id: uuid.UUID, pending_window_days: int, *, namespace_terminating: bool = False
+    ) -> KeyRecord:
+        """PendingDeletion until now + window; the date is fixed when first requested.
+
+        Default keys are refused, except with ``namespace_terminating``: a namespace being
+        deleted takes its default keys with it (the next namespace of that name never gets them).
+        """
         with self._lock:
             record = self.get(key_id)
             if record.state in (KeyState.PENDING_DELETION, KeyState.DESTROYED):
                 return record
-            if record.is_default:
+            if record.is_default and not namespace_terminating:
                 raise DefaultKeyProtected(
                     f"key {record.namespace}/{record.name} is a default key and cannot be deleted"
                 )

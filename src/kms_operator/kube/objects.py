@@ -33,12 +33,19 @@ class CrdNotInstalled(KmsError):
     """Our CustomResourceDefinitions are missing from the cluster."""
 
 
+class WebhookConfigurationMissing(KmsError):
+    """The ValidatingWebhookConfiguration the operator fills in does not exist."""
+
+    retryable = True
+
+
 class Objects:
     """The operator's writes outside Kopf handlers: scheduler, cancellations, drift reports."""
 
     def __init__(self, api_client: client.ApiClient) -> None:
         self._custom = client.CustomObjectsApi(api_client)
         self._core = client.CoreV1Api(api_client)
+        self._admission = client.AdmissionregistrationV1Api(api_client)
 
     def namespace_info(self, namespace: str) -> NamespaceInfo | None:
         """The namespace's UID and whether it is terminating; None when it does not exist."""
@@ -108,31 +115,63 @@ class Objects:
         )
 
     def remove_finalizer(self, body: Body, finalizer: str) -> bool:
-        """Drop ``finalizer`` with a resourceVersion precondition; False if already gone."""
-        meta = body["metadata"]
-        finalizers = list(meta.get("finalizers") or [])
-        if finalizer not in finalizers:
-            return False
-        finalizers.remove(finalizer)
+        """Drop ``finalizer`` with a resourceVersion precondition; False if already gone.
+
+        On a conflict (the object changed since ``body`` was read) the same object (same UID)
+        is read again and the removal retried, a few times.
+        """
+        uid = body["metadata"].get("uid")
+        for _ in range(3):
+            meta = body["metadata"]
+            finalizers = list(meta.get("finalizers") or [])
+            if finalizer not in finalizers:
+                return False
+            finalizers.remove(finalizer)
+            try:
+                self._custom.patch_namespaced_custom_object(
+                    GROUP,
+                    VERSION,
+                    meta["namespace"],
+                    CMK_PLURAL,
+                    meta["name"],
+                    {
+                        "metadata": {
+                            "finalizers": finalizers,
+                            "resourceVersion": meta["resourceVersion"],
+                        }
+                    },
+                )
+            except ApiException as exc:
+                if exc.status == 404:
+                    return False
+                if exc.status != 409:
+                    raise
+                fresh = self.get_cmk(meta["namespace"], meta["name"])
+                if fresh is None or fresh["metadata"].get("uid") != uid:
+                    return False
+                body = fresh
+                continue
+            return True
+        raise KmsError(
+            f"{body['metadata']['namespace']}/{body['metadata']['name']} kept changing while "
+            f"{finalizer} was being removed"
+        )
+
+    def patch_validating_webhooks(self, name: str, webhooks: list[Body]) -> None:
+        """Replace the ``webhooks`` of the ValidatingWebhookConfiguration ``name`` (patch only:
+        the operator may neither create nor delete webhook configurations)."""
         try:
-            self._custom.patch_namespaced_custom_object(
-                GROUP,
-                VERSION,
-                meta["namespace"],
-                CMK_PLURAL,
-                meta["name"],
-                {
-                    "metadata": {
-                        "finalizers": finalizers,
-                        "resourceVersion": meta["resourceVersion"],
-                    }
-                },
+            self._admission.patch_validating_webhook_configuration(
+                name, {"webhooks": webhooks}, _content_type="application/merge-patch+json"
             )
         except ApiException as exc:
             if exc.status == 404:
-                return False
+                raise WebhookConfigurationMissing(
+                    f"ValidatingWebhookConfiguration {name} does not exist: the Helm chart "
+                    "creates it with webhook.enabled=true (without the chart, create it with "
+                    "no webhooks; the operator fills them in)"
+                ) from None
             raise
-        return True
 
     def post_event(
         self,

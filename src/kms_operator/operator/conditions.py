@@ -32,6 +32,14 @@ DEFAULT_KEY_PROTECTED = "DefaultKeyProtected"
 INVALID_SPEC = "InvalidSpec"
 KEY_MISSING_FROM_STORE = "KeyMissingFromStore"
 KEY_WITHOUT_OBJECT = "KeyWithoutObject"
+#: The object's name holds the key of an earlier object that this one does not claim.
+KEY_BOUND_ELSEWHERE = "KeyBoundElsewhere"
+#: The object claims (kms.cmk.dev/key-id) a key it cannot take.
+KEY_CLAIM_REFUSED = "KeyClaimRefused"
+#: A cancellation refused because the namespace is being deleted.
+NAMESPACE_TERMINATING = "NamespaceTerminating"
+#: Handling a deletion (or creating the object again) failed; it is retried.
+DELETION_FAILED = "DeletionFailed"
 MATERIAL_EXPIRED = "MaterialExpired"
 FOUND = "Found"
 NO_CONFLICT = "NoConflict"

@@ -1,11 +1,17 @@
 """Kopf handlers for ``CustomerMasterKey``: thin translators over :class:`KeyService`.
 
-* create / update / resume: bind the object to its key (creating it once), apply the spec,
-  honour the ``kms.cmk.dev/rotate`` annotation, write the status;
+* create / update / resume: bind the object to its key (by namespace UID, object UID and name,
+  creating the key once), apply the spec, honour the ``kms.cmk.dev/rotate`` annotation, write
+  the status;
 * deletion: the ``kms.cmk.dev/scheduled-deletion`` finalizer holds the object while the key is
-  PendingDeletion; the scheduler destroys the key at its date and releases the object;
+  PendingDeletion; the scheduler destroys the key at its date and releases the object. In a
+  namespace being deleted, default keys go too (the next namespace of that name starts afresh);
 * cancellation: ``kms.cmk.dev/cancel-deletion=true`` on a terminating object cancels in the
-  store, releases the object and recreates it from its last spec, Disabled, bound to the same key.
+  store, releases the object and recreates it from its last spec, Disabled, annotated
+  ``kms.cmk.dev/key-id`` so that it binds to the same key.
+
+Failures of the deletion handling are retried with back-off and shown as Events and
+``Synced=False`` (reason ``DeletionFailed``), never swallowed.
 """
 
 from __future__ import annotations
@@ -13,25 +19,40 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import time
+import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import kopf
 
-from kms_operator.errors import AliasConflict, DefaultKeyProtected, InvalidRequest, KmsError
+from kms_operator.errors import (
+    AliasConflict,
+    DefaultKeyProtected,
+    InvalidRequest,
+    KeyBoundElsewhere,
+    KmsError,
+    NotFound,
+)
 from kms_operator.keys.service import (
     DEFAULT_ALIAS_PREFIX,
     DEFAULT_PENDING_WINDOW_DAYS,
     KeyService,
 )
-from kms_operator.kube.objects import API_VERSION, CMK_KIND, CMK_PLURAL, GROUP, VERSION
+from kms_operator.kube.objects import (
+    API_VERSION,
+    CMK_KIND,
+    CMK_PLURAL,
+    GROUP,
+    VERSION,
+    NamespaceInfo,
+    Objects,
+)
 from kms_operator.store.records import KeyRecord, KeyState, Origin
 
 from . import conditions, statuses
 from .conditions import Condition
-from .registries import KOPF_PREFIX, registry
+from .registries import KOPF_PREFIX, WEBHOOK_CONFIGURATION, registry
 from .runtime import Runtime
 from .scheduling import FINALIZER
 
@@ -40,6 +61,11 @@ log = logging.getLogger(__name__)
 ROTATE_ANNOTATION = "kms.cmk.dev/rotate"
 CANCEL_DELETION_ANNOTATION = "kms.cmk.dev/cancel-deletion"
 DEFAULT_LABEL = "kms.cmk.dev/default"
+#: On an object the operator recreates (cancelled deletion, refused default-key deletion), and
+#: for users re-binding a kept key to a new object: the key id the object takes over.
+KEY_ID_ANNOTATION = "kms.cmk.dev/key-id"
+#: Polls (0.1 s apart) for a released object to disappear before it is created again.
+_GONE_POLLS = 100
 
 
 @dataclass(frozen=True)
@@ -105,8 +131,8 @@ async def update(
 async def _reconcile(body: kopf.Body, patch: kopf.Patch, runtime: Runtime, *, rotate: bool) -> None:
     if body.meta.get("deletionTimestamp"):
         return  # the deletion handler owns terminating objects
-    namespace, name = body.metadata.namespace, body.metadata.name
-    assert namespace is not None and name is not None
+    namespace, name, uid = body.metadata.namespace, body.metadata.name, body.metadata.uid
+    assert namespace is not None and name is not None and uid is not None
     spec = CustomerMasterKeySpec.parse(body.spec)
     service = runtime.service
     problems: list[tuple[str, str]] = []
@@ -115,33 +141,33 @@ async def _reconcile(body: kopf.Body, patch: kopf.Patch, runtime: Runtime, *, ro
     if FINALIZER not in finalizers:
         patch.metadata["finalizers"] = [*finalizers, FINALIZER]
 
-    record = service.find(namespace, name)
-    bound_id = body.status.get("keyId")
-    if record is None and bound_id:
-        # The object says it has a key, the store does not: never paper over it with a new key.
-        message = (
-            f"status.keyId {bound_id} is not in the store (a store restored from an older "
-            "backup, or a different store): no key was created; restore the store"
+    info = await asyncio.to_thread(runtime.objects.namespace_info, namespace)
+    if info is None:
+        raise kopf.TemporaryError(f"namespace {namespace} not found", delay=10)
+    default_service = default_service_of(body.metadata.labels, spec.aliases)
+    try:
+        binding = await asyncio.to_thread(
+            _bind_or_create, service, body, info, spec, default_service
         )
-        kopf.warn(body, reason=conditions.KEY_MISSING_FROM_STORE, message=message)
+    except KmsError as exc:
+        raise _handler_error(exc) from None
+    await asyncio.to_thread(report_detached, runtime.objects, binding.detached)
+    if binding.problem is not None:
+        reason, message = binding.problem
+        kopf.warn(body, reason=reason, message=message)
+        refused = [Condition(conditions.READY, False, reason, message)]
+        if reason == conditions.KEY_MISSING_FROM_STORE:
+            refused.append(Condition(conditions.IN_STORE, False, reason, message))
         patch.status["conditions"] = conditions.merge_conditions(
             body.status.get("conditions"),
-            [
-                Condition(conditions.READY, False, conditions.KEY_MISSING_FROM_STORE, message),
-                Condition(conditions.IN_STORE, False, conditions.KEY_MISSING_FROM_STORE, message),
-            ],
+            refused,
             generation=body.metadata.get("generation"),
             now=service.clock.now(),
         )
         return
-    default_service = default_service_of(body.metadata.labels, spec.aliases)
-    if record is None:
-        try:
-            record = await asyncio.to_thread(
-                _create, service, namespace, name, spec, default_service
-            )
-        except KmsError as exc:
-            raise _handler_error(exc) from None
+    record = binding.record
+    assert record is not None
+    if binding.created:
         kopf.event(
             body, type="Normal", reason=conditions.CREATED, message=f"created key {record.key_id}"
         )
@@ -181,12 +207,165 @@ async def _reconcile(body: kopf.Body, patch: kopf.Patch, runtime: Runtime, *, ro
     runtime.scheduler.wake()
 
 
+# -- binding -------------------------------------------------------------------------------
+
+
+@dataclass
+class Binding:
+    """What binding an object found: its key, or why it has none (``problem``: reason and
+    message), and the keys of earlier namespaces or objects detached on the way."""
+
+    record: KeyRecord | None
+    created: bool = False
+    detached: list[KeyRecord] = field(default_factory=list)
+    problem: tuple[str, str] | None = None
+
+
+def claim_of(meta: Mapping[str, Any], status: Mapping[str, Any]) -> tuple[str, str] | None:
+    """The key id the object claims and where it says so: its own ``status.keyId``, else the
+    ``kms.cmk.dev/key-id`` annotation; None when it claims none."""
+    if status.get("keyId"):
+        return str(status["keyId"]), "status.keyId"
+    claimed = (meta.get("annotations") or {}).get(KEY_ID_ANNOTATION)
+    if claimed:
+        return str(claimed), f"the annotation {KEY_ID_ANNOTATION}"
+    return None
+
+
+def parse_key_id(text: str) -> uuid.UUID | None:
+    """A key id in its one canonical spelling (lower-case, hyphenated), or None."""
+    try:
+        parsed = uuid.UUID(text)
+    except ValueError:
+        return None
+    return parsed if str(parsed) == text else None
+
+
+def _bind(service: KeyService, body: Mapping[str, Any], info: NamespaceInfo) -> Binding:
+    """The key this object holds, without creating one (see :meth:`KeyService.bind`)."""
+    meta = body["metadata"]
+    namespace, name, uid = meta["namespace"], meta["name"], meta["uid"]
+    detached = service.observe_namespace(namespace, info.uid)
+    claim = claim_of(meta, body.get("status") or {})
+    claimed_id = None
+    if claim is not None:
+        claimed_id = parse_key_id(claim[0])
+        if claimed_id is None:
+            return Binding(
+                None,
+                detached=detached,
+                problem=(
+                    conditions.INVALID_SPEC,
+                    f"{claim[1]}: {claim[0][:64]!r} is not a key id (the canonical lower-case "
+                    "UUID text): no key was bound or created",
+                ),
+            )
+    before = service.find(namespace, name)
+    try:
+        record = service.bind(
+            namespace, name, namespace_uid=info.uid, object_uid=uid, claimed_key_id=claimed_id
+        )
+    except KeyBoundElsewhere as exc:
+        return Binding(
+            None, detached=detached, problem=(conditions.KEY_BOUND_ELSEWHERE, exc.message)
+        )
+    if record is None and before is not None:
+        after = service.get(before.key_id)
+        if after.is_detached:
+            detached.append(after)
+    if record is not None or claim is None or claimed_id is None:
+        return Binding(record, detached=detached)
+    return Binding(None, detached=detached, problem=_claim_refused(service, claimed_id, claim[1]))
+
+
+def _claim_refused(service: KeyService, key_id: uuid.UUID, source: str) -> tuple[str, str]:
+    try:
+        service.get(key_id)
+    except NotFound:
+        # The object says it has a key, the store does not: never paper over it with a new key.
+        return (
+            conditions.KEY_MISSING_FROM_STORE,
+            f"{source} names key {key_id}, which is not in the store (a store restored from an "
+            "older backup, or a different store): no key was created; restore the store",
+        )
+    # Which of the reasons it is stays unsaid: the key may be another tenant's.
+    return (
+        conditions.KEY_CLAIM_REFUSED,
+        f"{source} names key {key_id}, which this object cannot take (it is not a live key of "
+        "this name in this namespace): no key was bound or created; remove the annotation "
+        "to get a new key",
+    )
+
+
+def _bind_or_create(
+    service: KeyService,
+    body: Mapping[str, Any],
+    info: NamespaceInfo,
+    spec: CustomerMasterKeySpec,
+    default_service: str | None,
+) -> Binding:
+    binding = _bind(service, body, info)
+    if binding.record is not None or binding.problem is not None:
+        return binding
+    meta = body["metadata"]
+    binding.record = _create(
+        service,
+        meta["namespace"],
+        meta["name"],
+        spec,
+        default_service,
+        namespace_uid=info.uid,
+        object_uid=meta["uid"],
+    )
+    binding.created = True
+    return binding
+
+
+def report_detached(objects: Objects, records: list[KeyRecord]) -> None:
+    """A Warning Event (``KeyWithoutObject``) and a log line for each detached key."""
+    for record in records:
+        message = detached_message(record)
+        log.warning("detached: %s/%s: %s", record.namespace, record.name, message)
+        try:
+            objects.post_event(
+                record.namespace,
+                record.name,
+                None,
+                type_="Warning",
+                reason=conditions.KEY_WITHOUT_OBJECT,
+                message=message,
+            )
+        except Exception as exc:
+            log.warning(
+                "could not post the KeyWithoutObject Event of key %s (%s)",
+                record.key_id,
+                describe_error(exc),
+            )
+
+
+def detached_message(record: KeyRecord) -> str:
+    schedule = (
+        f"it is destroyed at {conditions.rfc3339(record.deletion_date)}"
+        if record.deletion_date is not None
+        else "no deletion is scheduled"
+    )
+    return (
+        f"key {record.key_id} ({record.state}) belonged to an earlier namespace or object named "
+        f"{record.namespace}/{record.name} and is detached: no name, alias or key id in this "
+        f"namespace reaches it and its blobs do not decrypt; it keeps its own schedule "
+        f"({schedule})"
+    )
+
+
 def _create(
     service: KeyService,
     namespace: str,
     name: str,
     spec: CustomerMasterKeySpec,
     default_service: str | None,
+    *,
+    namespace_uid: str,
+    object_uid: str,
 ) -> KeyRecord:
     """Create the key with its whole spec in one transaction when the spec is valid; else
     create it bare, and let the field-by-field apply report what is wrong."""
@@ -198,6 +377,8 @@ def _create(
         description=spec.description,
         enabled=spec.enabled or default_service is not None,
         default_service=default_service,
+        namespace_uid=namespace_uid,
+        object_uid=object_uid,
     )
     try:
         return create(aliases=spec.aliases, rotation_period_days=spec.rotation_period_days)
@@ -333,34 +514,70 @@ def _terminating(body: kopf.Body, **_: Any) -> bool:
 
 @kopf.on.event(GROUP, VERSION, CMK_PLURAL, id="cmk-deletion", registry=registry, when=_terminating)
 async def deletion(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """Hold, schedule, cancel or release a terminating object (no Kopf retries: idempotent)."""
+    """Hold, schedule, cancel or release a terminating object (idempotent).
+
+    Kopf does not retry event handlers: :func:`handle_deletion` retries itself.
+    """
     if not body.meta.get("deletionTimestamp") or FINALIZER not in (
         body.meta.get("finalizers") or []
     ):
         return
-    runtime: Runtime = memo.runtime
-    try:
-        await asyncio.to_thread(_handle_deletion, runtime, dict(body))
-    except Exception:
-        log.exception(
-            "deletion of %s/%s could not be handled; will retry on the next event",
-            body.metadata.namespace,
-            body.metadata.name,
-        )
+    await handle_deletion(memo.runtime, dict(body))
 
 
-def _handle_deletion(runtime: Runtime, body: dict[str, Any]) -> None:
+async def handle_deletion(runtime: Runtime, body: dict[str, Any]) -> None:
+    """Handle one terminating object; every failure is an Event and ``Synced=False`` and is
+    retried after a growing delay, until it works or the object is released or replaced."""
+    meta = body["metadata"]
+    namespace, name, uid = meta["namespace"], meta["name"], meta.get("uid")
+    failures = 0
+    while True:
+        try:
+            fresh = await asyncio.to_thread(_handle_deletion, runtime, body)
+            break
+        except Exception as exc:
+            failures += 1
+            delay = runtime.backoff.delay(failures)
+            await asyncio.to_thread(
+                _report_failure, runtime, body, "handling the deletion", exc, delay
+            )
+            await runtime.backoff.sleep(delay)
+            try:
+                current = await asyncio.to_thread(runtime.objects.get_cmk, namespace, name)
+            except Exception:
+                log.warning("could not read %s/%s; retrying", namespace, name, exc_info=True)
+                continue  # unknown: retry with the object as last seen
+            if (
+                current is None
+                or current["metadata"].get("uid") != uid
+                or FINALIZER not in (current["metadata"].get("finalizers") or [])
+            ):
+                return  # released or replaced meanwhile: nothing left to do
+            body = current
+    if fresh is not None:
+        await _recreate(runtime, body, fresh)
+
+
+def _handle_deletion(runtime: Runtime, body: dict[str, Any]) -> dict[str, Any] | None:
+    """Schedule, cancel or refuse; returns the object to create again (cancelled deletion,
+    refused default-key deletion) or None."""
     service, objects = runtime.service, runtime.objects
     meta = body["metadata"]
     namespace, name, uid = meta["namespace"], meta["name"], meta.get("uid")
-    record = service.find(namespace, name)
+    info = objects.namespace_info(namespace)
+    if info is None:
+        raise KmsError(f"namespace {namespace} not found")
+    binding = _bind(service, body, info)
+    report_detached(objects, binding.detached)
+    record = binding.record
     if record is None:
-        # Destroyed already (or never created): nothing left to protect.
+        # Destroyed already, never created, or another object's key: nothing to protect here.
         objects.remove_finalizer(body, FINALIZER)
-        return
+        return None
     annotations = meta.get("annotations") or {}
-    if record.is_default:
-        objects.post_event(
+    if record.is_default and not info.terminating:
+        _announce(
+            objects,
             namespace,
             name,
             uid,
@@ -369,59 +586,173 @@ def _handle_deletion(runtime: Runtime, body: dict[str, Any]) -> None:
             message="default keys cannot be deleted: the object is recreated and the key "
             "keeps working",
         )
-        _recreate(runtime, body, enabled=True)
-        return
+        return fresh_object(body, record, enabled=True)
     if annotations.get(CANCEL_DELETION_ANNOTATION) == "true":
-        if record.state is KeyState.PENDING_DELETION:
-            service.cancel_deletion(record.key_id)
-        objects.post_event(
-            namespace,
-            name,
-            uid,
-            type_="Normal",
-            reason=conditions.DELETION_CANCELLED,
-            message=f"deletion cancelled: key {record.key_id} is kept, Disabled; set "
-            "spec.enabled: true to use it again",
-        )
-        _recreate(runtime, body, enabled=False)
-        return
-    spec = CustomerMasterKeySpec.parse(body.get("spec") or {})
-    was_pending = record.state is KeyState.PENDING_DELETION
-    record = service.schedule_deletion(record.key_id, spec.pending_window_days)
-    status = body.get("status") or {}
-    objects.patch_cmk_status(
-        namespace,
-        name,
-        statuses.key_status(
-            record,
-            existing_conditions=status.get("conditions"),
-            generation=meta.get("generation"),
-            now=service.clock.now(),
-        ),
-    )
-    if not was_pending:
-        objects.post_event(
+        if not info.terminating:
+            if record.state is KeyState.PENDING_DELETION:
+                service.cancel_deletion(record.key_id)
+            _announce(
+                objects,
+                namespace,
+                name,
+                uid,
+                type_="Normal",
+                reason=conditions.DELETION_CANCELLED,
+                message=f"deletion cancelled: key {record.key_id} is kept, Disabled; set "
+                "spec.enabled: true to use it again",
+            )
+            return fresh_object(body, record, enabled=False)
+        _announce(
+            objects,
             namespace,
             name,
             uid,
             type_="Warning",
+            reason=conditions.NAMESPACE_TERMINATING,
+            message=f"the deletion of key {record.key_id} cannot be cancelled: namespace "
+            f"{namespace} is being deleted and no object can be created in it again",
+        )
+    spec = CustomerMasterKeySpec.parse(body.get("spec") or {})
+    _schedule(
+        runtime, body, record, spec.pending_window_days, namespace_terminating=info.terminating
+    )
+    return None
+
+
+def _schedule(
+    runtime: Runtime,
+    body: dict[str, Any] | None,
+    record: KeyRecord,
+    pending_window_days: int,
+    *,
+    namespace_terminating: bool,
+) -> KeyRecord:
+    """Schedule the key's deletion; show it on ``body`` (when there is one) and as an Event."""
+    service, objects = runtime.service, runtime.objects
+    was_pending = record.state is KeyState.PENDING_DELETION
+    record = service.schedule_deletion(
+        record.key_id, pending_window_days, namespace_terminating=namespace_terminating
+    )
+    date = conditions.rfc3339(record.deletion_date)
+    if namespace_terminating:
+        why = (
+            f"namespace {record.namespace} is being deleted: "
+            + ("its default key goes with it; " if record.is_default else "")
+            + f"key {record.key_id} will be destroyed at {date}, and the namespace waits until "
+            "then (a namespace created again with this name gets new keys)"
+        )
+    else:
+        why = (
+            f"key {record.key_id} will be destroyed at {date}; annotate "
+            f"{CANCEL_DELETION_ANNOTATION}=true to cancel"
+        )
+    meta = (body or {}).get("metadata") or {}
+    if body is not None:
+        status = body.get("status") or {}
+        objects.patch_cmk_status(
+            record.namespace,
+            record.name,
+            statuses.key_status(
+                record,
+                existing_conditions=status.get("conditions"),
+                extra_conditions=[
+                    Condition(conditions.SYNCED, True, conditions.DELETION_SCHEDULED, why)
+                ],
+                generation=meta.get("generation"),
+                now=service.clock.now(),
+            ),
+        )
+    if not was_pending:
+        _announce(
+            objects,
+            record.namespace,
+            record.name,
+            meta.get("uid"),
+            type_="Warning",
             reason=conditions.DELETION_SCHEDULED,
-            message=f"key {record.key_id} will be destroyed at "
-            f"{conditions.rfc3339(record.deletion_date)} (a namespace being deleted waits "
-            f"until then); annotate {CANCEL_DELETION_ANNOTATION}=true to cancel",
+            message=why,
         )
     runtime.scheduler.wake()
+    return record
 
 
-def _recreate(runtime: Runtime, body: dict[str, Any], *, enabled: bool) -> None:
-    """Release the terminating object and create it again from its last spec.
+def _announce(
+    objects: Objects,
+    namespace: str,
+    name: str,
+    uid: str | None,
+    *,
+    type_: str,
+    reason: str,
+    message: str,
+) -> None:
+    """An Event, best effort: the API server refuses new Events in a namespace being deleted
+    (the status condition and the log line still say it)."""
+    log.info("%s/%s: %s: %s", namespace, name, reason, message)
+    try:
+        objects.post_event(namespace, name, uid, type_=type_, reason=reason, message=message)
+    except Exception as exc:
+        log.warning(
+            "could not post the %s Event of %s/%s (%s)",
+            reason,
+            namespace,
+            name,
+            describe_error(exc),
+        )
 
-    Kubernetes cannot undo a deletion; the new object has the same namespace and name, so it
-    binds to the same key (same key id, same versions).
-    """
+
+def _report_failure(
+    runtime: Runtime, body: dict[str, Any], doing: str, exc: Exception, delay: float
+) -> None:
+    """A failure, where the user looks: a log line, a Warning Event and ``Synced=False``."""
     meta = body["metadata"]
-    objects = runtime.objects
-    objects.remove_finalizer(body, FINALIZER)
+    namespace, name, uid = meta["namespace"], meta["name"], meta.get("uid")
+    message = f"{doing} failed ({describe_error(exc)}); retrying in {delay:g} s"
+    log.warning("%s/%s: %s", namespace, name, message, exc_info=exc)
+    try:
+        runtime.objects.post_event(
+            namespace,
+            name,
+            uid,
+            type_="Warning",
+            reason=conditions.DELETION_FAILED,
+            message=message,
+        )
+    except Exception:
+        log.warning("could not post the DeletionFailed Event of %s/%s", namespace, name)
+    try:
+        runtime.objects.patch_cmk_status(
+            namespace,
+            name,
+            {
+                "conditions": conditions.merge_conditions(
+                    (body.get("status") or {}).get("conditions"),
+                    [Condition(conditions.SYNCED, False, conditions.DELETION_FAILED, message)],
+                    generation=None,
+                    now=runtime.service.clock.now(),
+                )
+            },
+        )
+    except Exception:
+        log.warning("could not write the DeletionFailed condition of %s/%s", namespace, name)
+
+
+def describe_error(exc: BaseException) -> str:
+    """A short, secret-free description: our message, an HTTP status, or the type."""
+    if isinstance(exc, KmsError):
+        return exc.message
+    status = getattr(exc, "status", None)
+    if isinstance(status, int):
+        return f"the API server answered {status} {getattr(exc, 'reason', '') or ''}".strip()
+    text = str(exc).splitlines()[0][:200] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def fresh_object(body: Mapping[str, Any], record: KeyRecord, *, enabled: bool) -> dict[str, Any]:
+    """The object to create again from a terminating one: its last spec, its labels, its
+    annotations (without ours and Kopf's bookkeeping) and ``kms.cmk.dev/key-id``, so that it
+    binds to the same key (same key id, same versions)."""
+    meta = body["metadata"]
     annotations = {
         k: v
         for k, v in (meta.get("annotations") or {}).items()
@@ -429,9 +760,10 @@ def _recreate(runtime: Runtime, body: dict[str, Any], *, enabled: bool) -> None:
         and not k.startswith(KOPF_PREFIX + "/")
         and k != "kubectl.kubernetes.io/last-applied-configuration"
     }
+    annotations[KEY_ID_ANNOTATION] = str(record.key_id)
     spec = dict(body.get("spec") or {})
     spec["enabled"] = enabled
-    fresh = {
+    return {
         "apiVersion": API_VERSION,
         "kind": CMK_KIND,
         "metadata": {
@@ -442,16 +774,67 @@ def _recreate(runtime: Runtime, body: dict[str, Any], *, enabled: bool) -> None:
         },
         "spec": spec,
     }
-    # The old object disappears once its last finalizer is gone; wait for that, then create.
-    for _ in range(100):
-        current = objects.get_cmk(meta["namespace"], meta["name"])
-        if current is None or current["metadata"].get("uid") != meta.get("uid"):
+
+
+async def _recreate(runtime: Runtime, body: dict[str, Any], fresh: dict[str, Any]) -> None:
+    """Release the terminating object and create ``fresh`` in its place (Kubernetes cannot
+    undo a deletion), retried with back-off until it is done."""
+    failures = 0
+    while True:
+        try:
+            await _recreate_once(runtime, body, fresh)
+            return
+        except Exception as exc:
+            failures += 1
+            delay = runtime.backoff.delay(failures)
+            await asyncio.to_thread(
+                _report_failure, runtime, body, "creating the object again", exc, delay
+            )
+            await runtime.backoff.sleep(delay)
+
+
+async def _recreate_once(runtime: Runtime, body: dict[str, Any], fresh: dict[str, Any]) -> None:
+    objects = runtime.objects
+    meta = body["metadata"]
+    namespace, name, old_uid = meta["namespace"], meta["name"], meta.get("uid")
+    # The old object disappears once its last finalizer is gone: release it, wait, create.
+    for _ in range(_GONE_POLLS):
+        current = await asyncio.to_thread(objects.get_cmk, namespace, name)
+        if current is None:
             break
+        if current["metadata"].get("uid") != old_uid:
+            return  # created again already (by an earlier attempt)
         if FINALIZER in (current["metadata"].get("finalizers") or []):
-            objects.remove_finalizer(current, FINALIZER)
-        time.sleep(0.1)
-    if objects.get_cmk(meta["namespace"], meta["name"]) is None:
-        objects.create_cmk(meta["namespace"], fresh)
+            await asyncio.to_thread(objects.remove_finalizer, current, FINALIZER)
+            continue
+        await runtime.backoff.sleep(0.1)
+    else:
+        raise KmsError(
+            f"{namespace}/{name} was released but is still there after "
+            f"{_GONE_POLLS * 0.1:g} s (another finalizer holds it?)"
+        )
+    try:
+        await asyncio.to_thread(objects.create_cmk, namespace, fresh)
+    except Exception as exc:
+        if getattr(exc, "status", None) == 409:
+            return  # someone created it meanwhile; it binds (or not) on its own
+        info = await asyncio.to_thread(objects.namespace_info, namespace)
+        if info is not None and not info.terminating:
+            raise
+        # The namespace began terminating meanwhile: no object can come back, so the key
+        # goes with the namespace instead of outliving it.
+        record = runtime.service.get(uuid.UUID(fresh["metadata"]["annotations"][KEY_ID_ANNOTATION]))
+        spec = CustomerMasterKeySpec.parse(fresh.get("spec") or {})
+        await asyncio.to_thread(
+            _schedule, runtime, None, record, spec.pending_window_days, namespace_terminating=True
+        )
+        return
+    log.info(
+        "created %s/%s again, bound to key %s",
+        namespace,
+        name,
+        fresh["metadata"]["annotations"][KEY_ID_ANNOTATION],
+    )
 
 
 # -- admission (optional: the operator works without it) ----------------------------------
@@ -473,11 +856,15 @@ def admission_problem(
     old: Mapping[str, Any] | None,
     new: Mapping[str, Any] | None,
     alias_owners: Mapping[str, set[str]],
+    *,
+    namespace_terminating: bool = False,
 ) -> str | None:
     """Why a request must be refused, or None. A pure function: the webhook only wraps it.
 
     Only what a request *changes* is judged, so the operator's own writes (finalizers,
-    recreating an object after a cancelled deletion) always pass.
+    recreating an object after a cancelled deletion) always pass. In a namespace being deleted
+    (``namespace_terminating``), a default key's deletion passes: the key goes with the
+    namespace, which could not finish otherwise.
     """
     body = new if new is not None else old
     if body is None:
@@ -491,7 +878,9 @@ def admission_problem(
         and ((old.get("metadata") or {}).get("labels") or {}).get(DEFAULT_LABEL) == "true"
     )
     if operation == "DELETE":
-        return "default keys cannot be deleted" if was_default else None
+        if was_default and not namespace_terminating:
+            return "default keys cannot be deleted (only with their namespace)"
+        return None
     if was_default and not is_default:
         return f"the {DEFAULT_LABEL} label of a default key cannot be removed"
     old_spec = (old or {}).get("spec") or {}
@@ -524,7 +913,15 @@ def validate(**kwargs: Any) -> None:
         body = new if new is not None else old
         aliases = (body or {}).get("spec", {}).get("aliases") or ()
         owners = {a: {str(n) for n in index.get((namespace, a), [])} for a in aliases}
-        problem = admission_problem(kwargs.get("operation") or "", old, new, owners)
+        operation = kwargs.get("operation") or ""
+        terminating = False
+        labels = ((old or {}).get("metadata") or {}).get("labels") or {}
+        if operation == "DELETE" and labels.get(DEFAULT_LABEL) == "true":
+            # Only then is the namespace looked up (a sync handler: Kopf runs it in a thread).
+            runtime: Runtime = kwargs["memo"].runtime
+            info = runtime.objects.namespace_info(namespace)
+            terminating = info is None or info.terminating
+        problem = admission_problem(operation, old, new, owners, namespace_terminating=terminating)
     except Exception:
         # A fault of ours must not block every write (the operator's own included): admit,
         # and let the reconciliation refuse with Events and conditions as without a webhook.
@@ -534,15 +931,63 @@ def validate(**kwargs: Any) -> None:
         raise kopf.AdmissionError(problem, code=422)
 
 
+ADMISSION_ID = "cmk-admission"
+ADMISSION_OPERATIONS: tuple[Literal["CREATE", "UPDATE", "DELETE"], ...] = (
+    "CREATE",
+    "UPDATE",
+    "DELETE",
+)
+
+
+def webhook_entries(client_config: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The ``webhooks`` of the ValidatingWebhookConfiguration for Kopf's server at
+    ``client_config`` (its URL and CA): one webhook, for CustomerMasterKeys."""
+    config = dict(client_config)
+    if config.get("url"):
+        config["url"] = f"{str(config['url']).rstrip('/')}/{ADMISSION_ID}"
+    if isinstance(config.get("service"), Mapping):
+        service = dict(config["service"])
+        service["path"] = f"{str(service.get('path') or '').rstrip('/')}/{ADMISSION_ID}"
+        config["service"] = service
+    return [
+        {
+            "name": f"{ADMISSION_ID}.{GROUP}",
+            "clientConfig": config,
+            "rules": [
+                {
+                    "apiGroups": [GROUP],
+                    "apiVersions": [VERSION],
+                    "resources": [CMK_PLURAL],
+                    "operations": list(ADMISSION_OPERATIONS),
+                    "scope": "Namespaced",
+                }
+            ],
+            # When the operator is down, requests pass; Events and conditions still explain.
+            "failurePolicy": "Ignore",
+            "sideEffects": "None",
+            "matchPolicy": "Equivalent",
+            "timeoutSeconds": 10,
+            "admissionReviewVersions": ["v1"],
+        }
+    ]
+
+
+def configure_webhooks(objects: Objects, client_config: Mapping[str, Any] | None) -> None:
+    """Point the chart's ValidatingWebhookConfiguration at the webhook server (None: remove
+    the webhook, on shutdown). The operator may only patch that one configuration."""
+    entries = webhook_entries(client_config) if client_config is not None else []
+    objects.patch_validating_webhooks(WEBHOOK_CONFIGURATION, entries)
+
+
 def register_admission() -> None:
     """Add the validating webhook; only with a webhook server (Kopf refuses one without)."""
     kopf.on.validate(
         GROUP,
         VERSION,
         CMK_PLURAL,
-        id="cmk-admission",
+        id=ADMISSION_ID,
         registry=registry,
-        operations=["CREATE", "UPDATE", "DELETE"],
+        operations=list(ADMISSION_OPERATIONS),
         # When the operator is down, requests pass; Events and conditions still explain.
         ignore_failures=True,
     )(validate)
@@ -552,28 +997,56 @@ def register_admission() -> None:
 
 
 def report_keys_without_objects(runtime: Runtime) -> int:
-    """At start-up: every live key in the store whose object is gone gets an Event and a log."""
+    """At start-up: every live key in the store without its object gets an Event and a log.
+
+    Each namespace holding keys is looked up first: keys of an earlier namespace of that name
+    (or of a namespace that no longer exists) are detached, and reported as such.
+    """
+    service, objects = runtime.service, runtime.objects
     watched = runtime.settings.namespaces
     items = (
-        [item for ns in watched for item in runtime.objects.list_cmks(ns)]
+        [item for ns in watched for item in objects.list_cmks(ns)]
         if watched
-        else runtime.objects.list_cmks()
+        else objects.list_cmks()
     )
     present = {(item["metadata"]["namespace"], item["metadata"]["name"]) for item in items}
+    holding = sorted(
+        {
+            r.namespace
+            for r in service.keys()
+            if r.state is not KeyState.DESTROYED
+            and not r.is_detached
+            and (not watched or r.namespace in watched)
+        }
+    )
+    for namespace in holding:
+        try:
+            info = objects.namespace_info(namespace)
+        except Exception:
+            log.exception("could not look namespace %s up; its keys stay as they are", namespace)
+            continue
+        # A namespace that is gone has no UID: every key bound to one of its UIDs detaches.
+        service.observe_namespace(namespace, info.uid if info is not None else "")
     missing = 0
-    for record in runtime.service.keys():
+    for record in service.keys():
         if watched and record.namespace not in watched:
             continue
-        if record.state is KeyState.DESTROYED or (record.namespace, record.name) in present:
+        if record.state is KeyState.DESTROYED:
             continue
+        if record.is_detached:
+            message = detached_message(record)
+        elif (record.namespace, record.name) in present:
+            continue
+        else:
+            message = (
+                f"key {record.key_id} ({record.state}) is in the store but its "
+                "CustomerMasterKey is gone; to bind it again, create the object with the same "
+                f"name and the annotation {KEY_ID_ANNOTATION}={record.key_id}"
+            )
         missing += 1
-        message = (
-            f"key {record.key_id} ({record.state}) is in the store but its CustomerMasterKey "
-            "is gone; recreate the object with the same name to bind it again"
-        )
         log.warning("drift: %s/%s: %s", record.namespace, record.name, message)
         try:
-            runtime.objects.post_event(
+            objects.post_event(
                 record.namespace,
                 record.name,
                 None,
@@ -581,6 +1054,8 @@ def report_keys_without_objects(runtime: Runtime) -> int:
                 reason=conditions.KEY_WITHOUT_OBJECT,
                 message=message,
             )
-        except Exception:
-            log.exception("could not post the drift event for %s", record.key_id)
+        except Exception as exc:
+            log.warning(
+                "could not post the drift event for %s (%s)", record.key_id, describe_error(exc)
+            )
     return missing
