@@ -154,6 +154,16 @@ def objects() -> FakeObjects:
     return FakeObjects()
 
 
+class UnusedAudit:
+    """CMK handlers write no audit lines (only crypto on keys does)."""
+
+    def write(self, record: object) -> None:
+        raise AssertionError("a CMK handler wrote an audit line")
+
+    def close(self) -> None:
+        pass
+
+
 @pytest.fixture
 def slept() -> list[float]:
     return []
@@ -171,6 +181,7 @@ def runtime(service: KeyService, objects: FakeObjects, slept: list[float]) -> Ru
         scheduler=Wakes(),  # type: ignore[arg-type]
         settings=Settings(store_path=Path("unused")),
         connection=ConnectionParameters("https://unused", None, False, None, None, None, None),
+        audit=UnusedAudit(),
         backoff=Backoff(first=1, cap=4, sleep=sleep),
     )
 
