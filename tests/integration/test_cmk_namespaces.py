@@ -173,7 +173,9 @@ def _token(kube_api: client.ApiClient, namespace: str) -> str:
     answer = core.create_namespaced_service_account_token(
         name,
         namespace,
-        client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(expiration_seconds=600)),
+        client.AuthenticationV1TokenRequest(
+            spec=client.V1TokenRequestSpec(audiences=["kms.cmk.dev"], expiration_seconds=600)
+        ),
     )
     return str(answer.status.token)
 
