@@ -19,7 +19,8 @@ import pytest
 from tests.support.clocks import ManualClock
 from tests.support.schemas import downgrade
 
-from kms_operator.keys.clock import ElapsedTime, Timescale, microseconds
+from kms_operator.keys.clock import Timescale, microseconds
+from kms_operator.keys.elapsed import ElapsedTime
 from kms_operator.keys.service import KeyService
 from kms_operator.store.records import KeyState
 from kms_operator.store.rootkey import RootKey
@@ -137,7 +138,7 @@ def test_next_deadline_persists_in_the_background_every_few_seconds(
     every = timedelta(microseconds=ElapsedTime.PERSIST_EVERY_US)
     clock.advance(every - US)
     service.next_deadline(key.key_id)  # not due yet: nothing is written
-    assert not service._persisting.locked()
+    assert not service.elapsed.persisting
     assert store.load_elapsed() == start
     clock.advance(US)
     service.next_deadline(key.key_id)

@@ -388,8 +388,7 @@ class LifecycleMachine(RuleBasedStateMachine):
     def reopen(self) -> None:
         # A restart: the old service's background persist (if any) finishes first, as a dead
         # process writes nothing after its death.
-        with self.service._persisting:
-            pass
+        self.service.elapsed.settle()
         store = SqliteKeyStore(self.path, self.root_key)
         self.stores.append(store)
         fresh = KeyService(store, clock=self.clock, timescale=TIMESCALE)

@@ -7,8 +7,8 @@ thread), computes the next record, writes it in one store transaction, then publ
 index; a crash between the two loses nothing because the index is rebuilt from the store.
 
 Destruction waits on two clocks: the wall clock (``deletion_date``) and the store's elapsed
-time (:class:`~kms_operator.keys.clock.ElapsedTime`), so a forward step of the wall clock
-destroys nothing early.
+time (:mod:`kms_operator.keys.elapsed`), so a forward step of the wall clock destroys nothing
+early.
 """
 
 from __future__ import annotations
@@ -16,11 +16,10 @@ from __future__ import annotations
 import base64
 import logging
 import re
-import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from kms_operator.crypto import blob as blobs
 from kms_operator.crypto import primitives, wrapping
@@ -37,7 +36,6 @@ from kms_operator.errors import (
     KeyPendingDeletion,
     KeyPendingImport,
     KeyStateError,
-    KmsError,
     NotFound,
 )
 from kms_operator.store.base import KeyStore
@@ -50,7 +48,8 @@ from kms_operator.store.records import (
     VersionState,
 )
 
-from .clock import Clock, ElapsedTime, SystemClock, Timescale, microseconds
+from .clock import Clock, SystemClock, Timescale
+from .elapsed import ElapsedTime
 from .index import Entry, KeyIndex
 
 log = logging.getLogger(__name__)
@@ -142,9 +141,7 @@ class KeyService:
         self.clock: Clock = clock or SystemClock()
         self.timescale = timescale or Timescale()
         self._index = KeyIndex(store.list_keys(), store.load_material)
-        self.elapsed = ElapsedTime(self.clock, store.load_elapsed())
-        #: Held while a background thread persists the elapsed time (one at a time).
-        self._persisting = threading.Lock()
+        self.elapsed = ElapsedTime(self.clock, store)
 
     def __repr__(self) -> str:
         return f"KeyService({self._store!r}, keys={len(self._index.records())})"
@@ -210,13 +207,11 @@ class KeyService:
         persisted by a background thread when due).
         """
         record = self.get(key_id)
-        self._keep_time(wait=False)
+        self.elapsed.keep(wait=False)
         if record.state is KeyState.DESTROYED:
             return None
         if record.deletion_date is not None:
-            left = self._window_us(record) - self._elapsed_since_request(record)
-            projected = self.clock.now() + timedelta(microseconds=max(0, left))
-            return max(record.deletion_date, projected)
+            return self.elapsed.destruction_date(record, self.clock.now())
         dates = [v.expires_at for v in record.versions if v.expires_at is not None]
         if record.next_rotation_at is not None and record.state is KeyState.ENABLED:
             dates.append(record.next_rotation_at)
@@ -542,7 +537,7 @@ class KeyService:
         satisfies only the first, a restart loses nothing of the second (it resumes from the
         value persisted), so a key is never destroyed early; at worst later.
         """
-        self._keep_time(wait=True)
+        self.elapsed.keep(wait=True)
         with self._index.writing():
             record = self.get(key_id)
             if record.deletion_date is None or record.state is KeyState.DESTROYED:
@@ -550,7 +545,7 @@ class KeyService:
             now = self.clock.now()
             if now < record.deletion_date:
                 return None
-            if self._elapsed_since_request(record) < self._window_us(record):
+            if not self.elapsed.destruction_due(record, now):
                 log.info(
                     "key %s: the wall clock passed its deletion date, but not the time elapsed "
                     "since the request (the clock was stepped, or the operator was down): "
@@ -875,47 +870,6 @@ class KeyService:
             return False
         # Material past its validTo is refused at once, even before the timer deletes it.
         return version.expires_at is None or self.clock.now() < version.expires_at
-
-    def _window_us(self, record: KeyRecord) -> int:
-        """The pending window of a key scheduled for deletion, in microseconds."""
-        assert record.deletion_date is not None
-        requested = record.deletion_requested_at or record.deletion_date
-        return microseconds(record.deletion_date - requested)
-
-    def _elapsed_since_request(self, record: KeyRecord) -> int:
-        requested = record.deletion_requested_elapsed
-        if requested is None:
-            # Written without the measure (not by this service): the window starts when this
-            # process started, so it restarts with every restart. Later, never earlier.
-            requested = self.elapsed.start_us
-        return self.elapsed.now_us() - requested
-
-    def _keep_time(self, *, wait: bool) -> None:
-        """Persist the elapsed time every few seconds between writes (a crash loses little).
-
-        ``wait=False`` (the event loop): a background thread writes it, one at a time.
-        """
-        if not self.elapsed.persist_due():
-            return
-        if wait:
-            self._persist_elapsed()
-        elif self._persisting.acquire(blocking=False):
-            threading.Thread(
-                target=self._persist_elapsed_in_background, name="kms-elapsed", daemon=True
-            ).start()
-
-    def _persist_elapsed(self) -> None:
-        value = self.elapsed.now_us()
-        self._store.save_elapsed(value)  # also retries a pending shred of the store
-        self.elapsed.persisted(value)
-
-    def _persist_elapsed_in_background(self) -> None:
-        try:
-            self._persist_elapsed()
-        except KmsError as exc:
-            log.warning("could not persist the elapsed time: %s", exc.message)
-        finally:
-            self._persisting.release()
 
     def _live(self, key_id: uuid.UUID, operation: str) -> KeyRecord:
         """A key that is neither pending deletion nor destroyed, for spec changes."""
