@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.support.clocks import ManualClock
 
 from kms_operator.crypto import wrapping
 from kms_operator.errors import StoreError
@@ -26,14 +27,6 @@ pytestmark = pytest.mark.unit
 
 T0 = datetime(2026, 9, 1, tzinfo=UTC)
 MATERIAL = bytes(range(7, 39))
-
-
-class FakeClock:
-    def __init__(self, now: datetime) -> None:
-        self.value = now
-
-    def now(self) -> datetime:
-        return self.value
 
 
 @dataclass
@@ -57,7 +50,7 @@ def _snapshot_files(path: Path) -> dict[str, bytes]:
 def _populate(path: Path, root_key: RootKey, wrapping_pair: tuple[bytes, bytes]) -> Populated:
     """Keys of every kind, some blobs, and one destroyed key; the store is left closed."""
     store = SqliteKeyStore(path, root_key)
-    clock = FakeClock(T0)
+    clock = ManualClock(T0)
     service = KeyService(store, clock=clock)
     kms = service.create_key("team-a", "kms", aliases=["alias/kms-key"])
     service.rotate(kms.key_id)
@@ -98,7 +91,7 @@ def _populate(path: Path, root_key: RootKey, wrapping_pair: tuple[bytes, bytes])
     ]
     conn.close()
     service.schedule_deletion(doomed.key_id, 7)
-    clock.value += timedelta(days=8)
+    clock.advance(timedelta(days=8))
     service.destroy_if_due(doomed.key_id)
     materials = [
         m
@@ -150,7 +143,7 @@ def _assert_decrypts(path: Path, root_key: RootKey, populated: Populated) -> Non
     store = SqliteKeyStore(path, root_key)
     try:
         assert store.list_keys() == populated.records
-        service = KeyService(store, clock=FakeClock(T0 + timedelta(days=30)))
+        service = KeyService(store, clock=ManualClock(T0 + timedelta(days=30)))
         for blob, context, plaintext in populated.blobs:
             assert service.decrypt(blob, context).plaintext == plaintext
     finally:
@@ -239,7 +232,7 @@ def test_backup_replaces_an_older_backup_and_includes_recent_writes(
     backup = tmp_path / "kms.backup"
     backup.write_bytes(b"an old backup")
     backup.chmod(0o644)
-    service = KeyService(opened, clock=FakeClock(T0 + timedelta(days=20)))
+    service = KeyService(opened, clock=ManualClock(T0 + timedelta(days=20)))
     late = service.create_key("team-c", "late")  # still in the WAL when backed up
     blob = service.encrypt("team-c", "late", b"late data").ciphertext_blob
     opened.backup(backup)
@@ -263,13 +256,13 @@ def test_restore_with_another_root_key_is_refused_without_touching_the_store(
     # A backup of another store, made under another root key.
     foreign_key = RootKey.generate()
     foreign = SqliteKeyStore(tmp_path / "foreign" / "kms.db", foreign_key)
-    foreign_record = KeyService(foreign, clock=FakeClock(T0)).create_key("x", "foreign")
+    foreign_record = KeyService(foreign, clock=ManualClock(T0)).create_key("x", "foreign")
     backup = tmp_path / "foreign.backup"
     foreign.backup(backup)
     foreign.close()
 
     current = SqliteKeyStore(populated.path, populated.root_key)
-    KeyService(current, clock=FakeClock(T0)).create_key("team-z", "in-the-wal")
+    KeyService(current, clock=ManualClock(T0)).create_key("team-z", "in-the-wal")
     before = _snapshot_files(populated.path)  # includes a live -wal
     with pytest.raises(StoreError) as caught:
         restore_store(backup, populated.path, populated.root_key)
@@ -287,7 +280,7 @@ def test_restore_with_another_root_key_is_refused_without_touching_the_store(
 def _assert_decrypts_subset(populated: Populated) -> None:
     store = SqliteKeyStore(populated.path, populated.root_key)
     try:
-        service = KeyService(store, clock=FakeClock(T0 + timedelta(days=30)))
+        service = KeyService(store, clock=ManualClock(T0 + timedelta(days=30)))
         for blob, context, plaintext in populated.blobs:
             assert service.decrypt(blob, context).plaintext == plaintext
     finally:
@@ -330,7 +323,7 @@ def test_restore_replaces_a_store_whose_wal_holds_other_data(
     """A stale -wal of the replaced store must never be replayed onto the restored file."""
     backup = tmp_path / "kms.backup"
     opened.backup(backup)
-    service = KeyService(opened, clock=FakeClock(T0 + timedelta(days=20)))
+    service = KeyService(opened, clock=ManualClock(T0 + timedelta(days=20)))
     for i in range(5):
         service.create_key("team-w", f"after-backup-{i}")
     crashed = tmp_path / "crashed"
@@ -363,7 +356,7 @@ def test_restored_store_keeps_working(
     restore_store(backup, target, populated.root_key)
     store = SqliteKeyStore(target, populated.root_key)
     try:
-        service = KeyService(store, clock=FakeClock(T0 + timedelta(days=30)))
+        service = KeyService(store, clock=ManualClock(T0 + timedelta(days=30)))
         kms = service.resolve("team-a", "alias/kms-key")
         rotated = service.rotate(kms.key_id)
         blob = service.encrypt("team-a", "kms", b"new").ciphertext_blob

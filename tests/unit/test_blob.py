@@ -302,6 +302,9 @@ class _FixedClock:
     def now(self) -> datetime:
         return datetime(2026, 1, 1, tzinfo=UTC)
 
+    def monotonic_ns(self) -> int:
+        return 0
+
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Any:

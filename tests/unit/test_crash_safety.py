@@ -24,10 +24,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from tests.support.clocks import ManualClock
 
 from kms_operator.crypto import wrapping
 from kms_operator.errors import KeyStateError
-from kms_operator.keys.service import KeyService, material_fingerprint
+from kms_operator.keys.service import KeyService
 from kms_operator.store import sqlite as sqlite_store
 from kms_operator.store.records import KeyRecord, KeyState, Origin, VersionRecord, VersionState
 from kms_operator.store.rootkey import load_root_key_file
@@ -82,9 +83,17 @@ CHILD = textwrap.dedent(
     class Clock:
         def __init__(self, now):
             self.value = now
+            self.monotonic = 0
 
         def now(self):
             return self.value
+
+        def monotonic_ns(self):
+            return self.monotonic
+
+        def advance(self, delta):
+            self.value += delta
+            self.monotonic += int(delta.total_seconds()) * 10**9
 
 
     def die(*_):
@@ -116,7 +125,7 @@ CHILD = textwrap.dedent(
     elif op == "destroy":
         key_id = uuid.UUID(args["key_id"])
         service.schedule_deletion(key_id, args["window"])
-        clock.value += timedelta(days=args["window"] + 1)
+        clock.advance(timedelta(days=args["window"] + 1))
         service.destroy_if_due(key_id)
     else:
         sys.exit(2)
@@ -126,14 +135,6 @@ CHILD = textwrap.dedent(
     sys.exit(3)
     """
 )
-
-
-class FakeClock:
-    def __init__(self, now: datetime) -> None:
-        self.value = now
-
-    def now(self) -> datetime:
-        return self.value
 
 
 @dataclass(frozen=True)
@@ -177,6 +178,10 @@ class Template:
     before: Snapshot
     #: Wrapped material (as stored) of the key the destroy case shreds.
     doomed_wrapped: list[bytes] = field(repr=False)
+    #: The store's elapsed-time counter as persisted (a child resumes from it).
+    elapsed_us: int = 0
+    #: The fingerprint the store keeps for IMPORTED_MATERIAL in the external key.
+    fingerprint: bytes = field(default=b"", repr=False)
 
     @property
     def db(self) -> Path:
@@ -193,15 +198,15 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Template:
     directory = tmp_path_factory.mktemp("crash-template")
     root_key = load_root_key_file(directory / "root.key")
     store = SqliteKeyStore(directory / "kms.db", root_key)
-    clock = FakeClock(T0 - timedelta(days=30))
+    clock = ManualClock(T0 - timedelta(days=30))
     service = KeyService(store, clock=clock)
     rotating = service.create_key("team-a", "rotating", aliases=["alias/rotating"])
-    clock.value += timedelta(days=10)
+    clock.advance(timedelta(days=10))
     service.rotate(rotating.key_id)
     doomed = service.create_key("team-a", "doomed", aliases=["alias/doomed", "alias/old"])
     bystander = service.create_key("team-b", "bystander", aliases=["alias/rotating"])
     external = service.create_key("team-b", "external", origin=Origin.EXTERNAL)
-    clock.value = T0 - timedelta(hours=1)
+    clock.advance(T0 - timedelta(hours=1) - clock.now())
     params = service.create_import_parameters(
         external.key_id,
         wrapping.WrappingAlgorithm.RSA_AES_KEY_WRAP_SHA_256,
@@ -219,6 +224,8 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Template:
             result = service.encrypt(namespace, name, plaintext, context)
             sealed.append(Sealed(result.key_id, result.ciphertext_blob, context, plaintext))
     before = Snapshot.of(store)
+    elapsed_us = store.load_elapsed()
+    fingerprint = store.fingerprint(external.key_id, IMPORTED_MATERIAL)
     store.close()
     conn = sqlite3.connect(directory / "kms.db")
     doomed_wrapped = [
@@ -243,6 +250,8 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Template:
         sealed,
         before,
         doomed_wrapped,
+        elapsed_us,
+        fingerprint,
     )
 
 
@@ -353,7 +362,9 @@ def _scheduled(template: Template) -> Snapshot:
     doomed = template.keys["doomed"]
     records = dict(template.before.records)
     records[doomed] = records[doomed].evolve(
-        deletion_requested_at=T0, deletion_date=T0 + timedelta(days=PENDING_WINDOW_DAYS)
+        deletion_requested_at=T0,
+        deletion_date=T0 + timedelta(days=PENDING_WINDOW_DAYS),
+        deletion_requested_elapsed=template.elapsed_us,
     )
     return Snapshot(records, template.before.materials)
 
@@ -397,7 +408,7 @@ def _assert_imported(template: Template, now: Snapshot) -> None:
                 1,
                 old.versions[0].created_at,
                 VersionState.ENABLED,
-                fingerprint=material_fingerprint(key_id, IMPORTED_MATERIAL),
+                fingerprint=template.fingerprint,
                 imported_at=T0,
             ),
         )
@@ -413,6 +424,7 @@ def _assert_destroyed(template: Template, now: Snapshot) -> None:
     assert record == old.evolve(
         deletion_requested_at=T0,
         deletion_date=T0 + timedelta(days=PENDING_WINDOW_DAYS),
+        deletion_requested_elapsed=template.elapsed_us,
         destroyed_at=T0 + timedelta(days=PENDING_WINDOW_DAYS + 1),
         enabled=False,
         aliases=(),
@@ -440,7 +452,7 @@ def _expected_before(template: Template, op: str, point: str) -> Snapshot:
     return template.before
 
 
-def _finish(service: KeyService, clock: FakeClock, template: Template, op: str) -> None:
+def _finish(service: KeyService, clock: ManualClock, template: Template, op: str) -> None:
     """What the operator does on restart: run the verb again; it must complete the work."""
     if op == "create":
         service.create_key(*NEW_KEY, aliases=["alias/crash"])
@@ -453,7 +465,7 @@ def _finish(service: KeyService, clock: FakeClock, template: Template, op: str) 
     else:
         key_id = template.keys["doomed"]
         service.schedule_deletion(key_id, PENDING_WINDOW_DAYS)
-        clock.value = T0 + timedelta(days=PENDING_WINDOW_DAYS + 1)
+        clock.advance(T0 + timedelta(days=PENDING_WINDOW_DAYS + 1) - clock.now())
         service.destroy_if_due(key_id)
 
 
@@ -466,7 +478,7 @@ def _assert_no_copy_of(needles: list[bytes], db: Path) -> None:
             assert not leaks, f"{leaks} copies of destroyed material left in {path.name}"
 
 
-def _check_service(store: SqliteKeyStore, clock: FakeClock, template: Template) -> KeyService:
+def _check_service(store: SqliteKeyStore, clock: ManualClock, template: Template) -> KeyService:
     """A fresh service works: blobs made before the crash decrypt (refused, naming the state,
     for a key pending deletion or destroyed), and every Enabled key round-trips."""
     service = KeyService(store, clock=clock)
@@ -525,7 +537,7 @@ def test_sigkill_leaves_the_state_before_or_after(
     else:
         assert now == _expected_before(template, op, point), "a state between before and after"
 
-    clock = FakeClock(T0)
+    clock = ManualClock(T0)
     destroyed = {k for k, r in now.records.items() if r.state is KeyState.DESTROYED}
     if destroyed:
         # Shredding finished on restart: no copy of the material is left anywhere.
@@ -541,4 +553,4 @@ def test_sigkill_leaves_the_state_before_or_after(
     AFTER[op](template, finished)
     if op == "destroy":
         _assert_no_copy_of(template.doomed_wrapped, db)
-    _check_service(store, FakeClock(T0), template)
+    _check_service(store, ManualClock(T0), template)

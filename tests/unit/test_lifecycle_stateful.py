@@ -2,17 +2,21 @@
 
 The model is a dict of keys with their origin, enabled flag, versions (material present or
 not, and which material an EXTERNAL version holds), deletion date and the blobs made under
-them. Random sequences of lifecycle verbs, imports, clock jumps (backwards too) and timers
-run against the real service on a real SQLite store; after every step:
+them. Random sequences of lifecycle verbs, imports, time passing, wall-clock steps (forward
+and backward, by up to years), monotonic advances alone, restarts and timers run against the
+real service on a real SQLite store; after every step:
 
 - the service's state, version states and deletion date equal the model's;
 - no Disabled, PendingImport, PendingDeletion or Destroyed key encrypts or decrypts, and each
   refuses with the error that names its state;
 - Enabled keys decrypt every blob of a version that has material;
-- no key is destroyed before its deletion date, whatever the clock did.
+- no key is destroyed before its deletion date, whatever the clock did;
+- no key is destroyed before its window has elapsed on the monotonic clock (the time that
+  really passed since the request), however far the wall clock was stepped, and across
+  restarts (which may lose the time not yet persisted: a delay, never an advance).
 
 A ``reopen`` rule swaps in a fresh KeyService over the same store file and checks it sees the
-same records.
+same records; the model's elapsed-time counter then resumes from the value the store kept.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     Bundle,
@@ -48,7 +52,7 @@ from kms_operator.errors import (
     KeyPendingImport,
     KeyStateError,
 )
-from kms_operator.keys.clock import Timescale
+from kms_operator.keys.clock import Timescale, microseconds
 from kms_operator.keys.service import KeyService
 from kms_operator.store.records import KeyRecord, KeyState, Origin, VersionState
 from kms_operator.store.rootkey import load_root_key_file
@@ -75,6 +79,16 @@ clock_jumps = st.one_of(
     st.integers(1, 40).map(lambda d: d * DAY),
     st.sampled_from([400 * DAY, 3000 * DAY]),
     st.integers(1, 3 * 86400).map(lambda s: -timedelta(seconds=s)),
+)
+#: Steps of the wall clock alone: NTP corrections, a wrong host clock, a restored snapshot.
+wall_steps = st.one_of(
+    st.integers(-3 * 86400, 2 * 86400).map(lambda s: timedelta(seconds=s)),
+    st.integers(-40, 40).map(lambda d: d * DAY),
+    st.sampled_from([400 * DAY, 3000 * DAY, -400 * DAY]),
+)
+monotonic_advances = st.one_of(
+    st.integers(0, 2 * 86400).map(lambda s: timedelta(seconds=s)),
+    st.integers(1, 40).map(lambda d: d * DAY),
 )
 
 
@@ -107,6 +121,11 @@ class ModelKey:
     versions: list[ModelVersion]
     enabled: bool = True
     deletion_date: datetime | None = None
+    #: The service's elapsed counter at the request, the window, and the true monotonic time
+    #: at the request (the machine's own count, never reset by a restart).
+    requested_elapsed: int | None = None
+    window_us: int = 0
+    requested_true: int = 0
     destroyed: bool = False
     blobs: list[Blob] = field(default_factory=list)
 
@@ -147,6 +166,10 @@ class LifecycleMachine(RuleBasedStateMachine):
         self.service = KeyService(self.stores[0], clock=self.clock, timescale=TIMESCALE)
         self.model: dict[uuid.UUID, ModelKey] = {}
         self.counter = 0
+        #: The service's elapsed-time counter as the model predicts it (microseconds), and the
+        #: monotonic time that really passed since the machine started.
+        self.elapsed_us = self.service.elapsed.now_us()
+        self.true_us = 0
 
     def teardown(self) -> None:
         for store in self.stores:
@@ -202,7 +225,11 @@ class LifecycleMachine(RuleBasedStateMachine):
         else:
             record = self.service.schedule_deletion(key, window)
             m.deletion_date = self.clock.now() + TIMESCALE.days(window)
+            m.requested_elapsed = self.elapsed_us
+            m.window_us = microseconds(TIMESCALE.days(window))
+            m.requested_true = self.true_us
             assert record.deletion_date == m.deletion_date
+            assert record.deletion_requested_elapsed == self.elapsed_us
 
     @rule(key=keys)
     def cancel_deletion(self, key: uuid.UUID) -> None:
@@ -215,31 +242,65 @@ class LifecycleMachine(RuleBasedStateMachine):
             return
         record = self.service.cancel_deletion(key)
         m.deletion_date = None
+        m.requested_elapsed = None
         m.enabled = False
         assert record.key_id == key
         assert record.state is m.state
 
+    def _pass(self, delta: timedelta) -> None:
+        """Time passes on the monotonic clock (the model counts it twice: see __init__)."""
+        self.elapsed_us += microseconds(delta)
+        self.true_us += microseconds(delta)
+
     @rule(jump=clock_jumps)
     def advance_clock(self, jump: timedelta) -> None:
+        """Time passes (both clocks); a negative jump is a backward step of the wall clock."""
         self.clock.advance(jump)
+        if jump > timedelta(0):
+            self._pass(jump)
+
+    @rule(step=wall_steps)
+    def step_wall_clock(self, step: timedelta) -> None:
+        self.clock.step(step)
+
+    @rule(delta=monotonic_advances)
+    def advance_monotonic_only(self, delta: timedelta) -> None:
+        self.clock.advance_monotonic(delta)
+        self._pass(delta)
 
     @rule(key=keys, offset=st.integers(-2, 2))
     def jump_near_deadline(self, key: uuid.UUID, offset: int) -> None:
-        """Set the clock to a key's next deadline, give or take a microsecond or two."""
+        """Let time pass up to a key's next deadline, give or take a microsecond or two (or
+        step the wall clock there, when the deadline is behind it)."""
         deadline = self.service.next_deadline(key)
-        if deadline is not None:
-            self.clock.set(deadline + timedelta(microseconds=offset))
+        if deadline is None:
+            return
+        delta = deadline + timedelta(microseconds=offset) - self.clock.now()
+        if delta > timedelta(0):
+            self.advance_clock(delta)
+        else:
+            self.clock.step(delta)
+
+    def _due(self, m: ModelKey, now: datetime) -> bool:
+        if m.deletion_date is None or m.destroyed or now < m.deletion_date:
+            return False
+        assert m.requested_elapsed is not None
+        return self.elapsed_us - m.requested_elapsed >= m.window_us
 
     @rule()
     def run_deletion_timers(self) -> None:
         now = self.clock.now()
         for key, m in self.model.items():
-            due = m.deletion_date is not None and not m.destroyed and now >= m.deletion_date
+            due = self._due(m, now)
             destroyed = self.service.destroy_if_due(key)
+            if m.deletion_date is not None and not m.destroyed and now >= m.deletion_date:
+                event("wall clock due: destroyed" if due else "wall clock due: elapsed not yet")
             if not due:
                 assert destroyed is None, f"{key} destroyed before {m.deletion_date} at {now}"
                 continue
             assert destroyed is not None
+            # The window really passed: on the monotonic clock, not only on the wall clock.
+            assert self.true_us - m.requested_true >= m.window_us
             assert destroyed.state is KeyState.DESTROYED
             m.destroyed = True
             for version in m.versions:
@@ -325,12 +386,22 @@ class LifecycleMachine(RuleBasedStateMachine):
 
     @rule()
     def reopen(self) -> None:
+        # A restart: the old service's background persist (if any) finishes first, as a dead
+        # process writes nothing after its death.
+        self.service.elapsed.settle()
         store = SqliteKeyStore(self.path, self.root_key)
         self.stores.append(store)
         fresh = KeyService(store, clock=self.clock, timescale=TIMESCALE)
         assert sorted(fresh.keys(), key=_by_id) == sorted(self.service.keys(), key=_by_id)
         for name in NAMES:
             assert fresh.find(NS, name) == self.service.find(NS, name)
+        # The counter resumes from the value persisted: never ahead of the one before.
+        resumed = fresh.elapsed.now_us()
+        assert resumed <= self.elapsed_us
+        for m in self.model.values():
+            if m.requested_elapsed is not None and not m.destroyed:
+                assert resumed >= m.requested_elapsed  # persisted with the request
+        self.elapsed_us = resumed
         self.service = fresh
 
     # -- invariants ----------------------------------------------------------------------
@@ -343,6 +414,8 @@ class LifecycleMachine(RuleBasedStateMachine):
             assert record.state is m.state, (record, m)
             assert [v.state for v in record.versions] == [v.state for v in m.versions]
             assert record.deletion_date == m.deletion_date
+            if not m.destroyed:
+                assert record.deletion_requested_elapsed == m.requested_elapsed
             if record.destroyed_at is not None:
                 assert record.deletion_date is not None
                 assert record.destroyed_at >= record.deletion_date

@@ -202,7 +202,7 @@ def test_a_full_lifecycle_leaks_nothing(
     restarted = reopen()
     restarted.warm_cache()
     seen.add(restarted, *restarted.keys(), root_key, primitives.Aead(material))
-    seen.add(*service._aeads.values())
+    seen.add(*service._index.aeads())
     secrets.append((tmp_path / "secrets" / "root.key").read_bytes())
 
     logged = [debug_log.getvalue(), caplog.text]

@@ -27,8 +27,9 @@ from kms_operator.errors import (
     KeyPendingImport,
 )
 from kms_operator.keys.clock import Timescale
-from kms_operator.keys.service import KeyService, material_fingerprint
+from kms_operator.keys.service import KeyService
 from kms_operator.store.records import KeyState, Origin, VersionState
+from kms_operator.store.rootkey import legacy_fingerprint
 from kms_operator.store.sqlite import SqliteKeyStore
 
 pytestmark = pytest.mark.unit
@@ -141,6 +142,8 @@ def test_import_token_lifetime_follows_the_timescale(
 def test_import_enables_the_key(
     importer: Importer,
     service: KeyService,
+    *,
+    store: SqliteKeyStore,
     clock: ManualClock,
     key_id: uuid.UUID,
     algorithm: WrappingAlgorithm,
@@ -152,7 +155,8 @@ def test_import_enables_the_key(
     assert record.versions[0].state is VersionState.ENABLED
     assert record.versions[0].imported_at == clock.now()
     assert record.versions[0].expires_at is None
-    assert record.versions[0].fingerprint == material_fingerprint(key_id, MATERIAL)
+    assert record.versions[0].fingerprint == store.fingerprint(key_id, MATERIAL)
+    assert record.versions[0].fingerprint != legacy_fingerprint(key_id, MATERIAL)
     sealed = service.encrypt(NS, "byok", b"byok data")
     assert service.decrypt(sealed.ciphertext_blob).plaintext == b"byok data"
 

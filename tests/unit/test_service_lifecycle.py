@@ -472,7 +472,14 @@ def test_destroy_waits_for_the_date_whatever_the_clock_does(
         assert service.destroy_if_due(key.key_id) is None
         assert service.get(key.key_id).state is KeyState.PENDING_DELETION
 
+    # The wall clock stepped to the date, but no time passed: the window is not over.
     clock.set(pending.deletion_date)
+    assert service.destroy_if_due(key.key_id) is None
+    assert service.next_deadline(key.key_id) == pending.deletion_date + 7 * DAY
+    clock.advance_monotonic(7 * DAY - timedelta(microseconds=1))
+    assert service.destroy_if_due(key.key_id) is None
+    assert service.next_deadline(key.key_id) == pending.deletion_date + timedelta(microseconds=1)
+    clock.advance_monotonic(timedelta(microseconds=1))
     destroyed = service.destroy_if_due(key.key_id)
 
     assert destroyed is not None

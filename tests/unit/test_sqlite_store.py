@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -597,3 +598,225 @@ def test_expired_import_parameters_are_pruned(store: SqliteKeyStore, private_pem
     assert store.load_import_parameters("old") is None  # expired: pruned
     assert store.load_import_parameters("valid") is not None  # still valid: kept
     assert store.load_import_parameters("new") is not None
+
+
+# -- failures are StoreError (issue 8, item 7) -----------------------------------------------
+
+
+def _writes(store: SqliteKeyStore, existing: KeyRecord, private_pem: bytes) -> dict[str, Any]:
+    """One call of every write method, on a store holding ``existing``."""
+    fresh = _record(name="fresh")
+    return {
+        "create": lambda: store.create(fresh, _materials(fresh)),
+        "update": lambda: store.update(existing.evolve(description="changed")),
+        "update+drop": lambda: store.update(existing, drop_material=[1]),
+        "destroy": lambda: store.destroy(_destroyed(existing)),
+        "save_import_parameters": lambda: store.save_import_parameters(
+            _params(existing.key_id, "tok"), private_pem, now=T0
+        ),
+        "save_elapsed": lambda: store.save_elapsed(10**9),
+    }
+
+
+@pytest.mark.parametrize(
+    "method",
+    ["create", "update", "update+drop", "destroy", "save_import_parameters", "save_elapsed"],
+)
+def test_a_read_only_database_fails_every_write_with_store_error(
+    store: SqliteKeyStore, private_pem: bytes, method: str
+) -> None:
+    existing = _record()
+    store.create(existing, _materials(existing))
+    store._conn.execute("PRAGMA query_only = 1")  # every write now fails inside SQLite
+    with pytest.raises(StoreError) as caught:
+        _writes(store, existing, private_pem)[method]()
+    assert caught.value.retryable
+    assert "readonly" in caught.value.message
+    assert not isinstance(caught.value.__cause__, sqlite3.Error)
+    store._conn.execute("PRAGMA query_only = 0")
+    # Nothing was kept, and the connection is not stuck in a transaction.
+    assert not store._conn.in_transaction
+    assert store.list_keys() == [existing]
+    _writes(store, existing, private_pem)[method]()
+
+
+def test_a_full_disk_is_a_store_error_and_the_store_recovers(store: SqliteKeyStore) -> None:
+    (pages,) = store._conn.execute("PRAGMA page_count").fetchone()
+    store._conn.execute(f"PRAGMA max_page_count = {pages}")
+    records = [_record(name=f"k{i}", versions=4) for i in range(200)]
+    with pytest.raises(StoreError, match="full"):
+        for record in records:
+            store.create(record, _materials(record))
+    kept = store.list_keys()
+    store._conn.execute("PRAGMA max_page_count = 1073741823")
+    late = _record(name="after-the-disk-was-freed")
+    store.create(late, _materials(late))
+    assert store.get(late.key_id) == late
+    assert len(store.list_keys()) == len(kept) + 1
+
+
+class _FailingCommit:
+    """The store's connection, except that COMMIT fails as a locked database does."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        if sql == "COMMIT":
+            raise sqlite3.OperationalError("database is locked")
+        return self._conn.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+
+def test_a_failed_commit_rolls_back_and_leaves_the_connection_usable(
+    store: SqliteKeyStore,
+) -> None:
+    real = store._conn
+    record = _record()
+    store._conn = _FailingCommit(real)  # type: ignore[assignment]
+    try:
+        with pytest.raises(StoreError, match="database is locked"):
+            store.create(record, _materials(record))
+    finally:
+        store._conn = real
+    assert not real.in_transaction
+    assert store.get(record.key_id) is None
+    store.create(record, _materials(record))
+    assert store.get(record.key_id) == record
+
+
+def test_reads_of_a_broken_connection_are_store_errors(store: SqliteKeyStore) -> None:
+    record = _record()
+    store.create(record, _materials(record))
+    store._conn.close()
+    for read in (
+        store.list_keys,
+        lambda: store.get(record.key_id),
+        lambda: store.load_material(record.key_id, 1),
+        lambda: store.load_import_parameters("tok"),
+        store.load_elapsed,
+        lambda: store.save_elapsed(1),
+    ):
+        with pytest.raises(StoreError, match="ProgrammingError"):
+            read()
+
+
+def test_a_store_that_cannot_be_created_is_a_store_error(tmp_path: Path, root_key: RootKey) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("a file where the store's directory should be")
+    with pytest.raises(StoreError, match="cannot open the key store"):
+        SqliteKeyStore(blocker / "kms.db", root_key)
+
+
+# -- shredding with a reader holding the WAL (issue 8, item 13) ------------------------------
+
+
+def _hold_a_read_transaction(db_path: Path) -> sqlite3.Connection:
+    """A second connection inside a read transaction, as a running backup holds one."""
+    reader = sqlite3.connect(db_path, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM material").fetchone()
+    return reader
+
+
+def _shred_row(db_path: Path) -> int:
+    return _count(db_path, "SELECT count(*) FROM meta WHERE name = 'shred-pending'")
+
+
+@pytest.mark.parametrize("how", ["destroy", "drop material"])
+def test_shredding_waits_for_a_reader_and_is_remembered_across_restarts(
+    db_path: Path, root_key: RootKey, how: str
+) -> None:
+    store = SqliteKeyStore(db_path, root_key, shred_backoff=(0, 0))
+    bystander = _record(name="bystander")
+    store.create(bystander, _materials(bystander))
+    victim = _record(name="victim", origin=Origin.EXTERNAL, versions=2, fingerprints=True)
+    store.create(victim, _materials(victim))
+    wrapped = [_wrapped(db_path, victim.key_id, n) for n in (1, 2)]
+    reader = _hold_a_read_transaction(db_path)
+    try:
+        if how == "destroy":
+            store.destroy(_destroyed(victim))
+        else:
+            store.update(
+                victim.evolve(
+                    versions=tuple(
+                        VersionRecord(v.version, v.created_at, VersionState.PENDING_IMPORT)
+                        for v in victim.versions
+                    )
+                ),
+                drop_material=[1, 2],
+            )
+        # The reader keeps the old frames alive: the checkpoint cannot complete.
+        assert store.shred_pending
+        assert _shred_row(db_path) == 1
+        assert any(_where(needle, db_path) for needle in wrapped)
+        assert store.complete_shred() is False
+        store.save_elapsed(5)  # a later write retries it, and fails the same way
+        assert store.shred_pending
+        # A restart while the reader is still open: the promise is still on file.
+        store.close()
+        store = SqliteKeyStore(db_path, root_key, shred_backoff=())
+        assert store.shred_pending
+        assert _shred_row(db_path) == 1
+    finally:
+        reader.close()
+    assert store.complete_shred() is True
+    assert not store.shred_pending
+    assert _shred_row(db_path) == 0
+    for needle in wrapped:
+        assert _where(needle, db_path) == []
+    assert Path(f"{db_path}-wal").stat().st_size == 0
+    assert store.get(bystander.key_id) == bystander
+    store.close()
+
+
+def test_a_pending_shred_is_completed_when_the_store_opens(
+    db_path: Path, root_key: RootKey
+) -> None:
+    store = SqliteKeyStore(db_path, root_key, shred_backoff=())
+    victim = _record(name="victim", versions=3)
+    store.create(victim, _materials(victim))
+    wrapped = [_wrapped(db_path, victim.key_id, n) for n in (1, 2, 3)]
+    reader = _hold_a_read_transaction(db_path)
+    store.destroy(_destroyed(victim))
+    assert store.shred_pending
+    reader.close()
+    # Killed now: the pending row is all that says a shred is owed. (A close would checkpoint
+    # on its own, so the old connection stays open, unused, as a killed process leaves it.)
+    killed = store._conn
+    assert any(_where(needle, db_path) for needle in wrapped)
+    reopened = SqliteKeyStore(db_path, root_key, shred_backoff=())
+    try:
+        assert not reopened.shred_pending
+        assert _shred_row(db_path) == 0
+        for needle in wrapped:
+            assert _where(needle, db_path) == []
+    finally:
+        reopened.close()
+        killed.close()
+
+
+def test_checkpoint_retries_with_backoff_until_the_reader_leaves(
+    db_path: Path, root_key: RootKey
+) -> None:
+    reader: list[sqlite3.Connection] = []
+    pauses: list[float] = []
+
+    def sleep(seconds: float) -> None:  # the reader finishes during the third pause
+        pauses.append(seconds)
+        if len(pauses) == 3:
+            reader.pop().close()
+
+    store = SqliteKeyStore(db_path, root_key, shred_backoff=(0.01, 0.02, 0.05, 0.1), sleep=sleep)
+    victim = _record(name="victim")
+    store.create(victim, _materials(victim))
+    wrapped = _wrapped(db_path, victim.key_id, 1)
+    reader.append(_hold_a_read_transaction(db_path))
+    store.destroy(_destroyed(victim))
+    assert pauses == [0.01, 0.02, 0.05]
+    assert not store.shred_pending
+    assert _where(wrapped, db_path) == []
+    store.close()

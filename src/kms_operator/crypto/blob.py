@@ -40,8 +40,11 @@ EncryptionContext = Mapping[str, str]
 
 _CONTEXT_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 #: Bounded memos of the hot path (contexts seen, key ids parsed); cleared when full, so a
-#: caller sending ever-new values costs only the work the memo would have saved.
+#: caller sending ever-new values costs only the work the memo would have saved. Contexts
+#: longer than _MEMO_CONTEXT_BYTES are encoded each time: with the entry count, that bounds
+#: the memo's bytes too (a 64 KiB context repeated would otherwise pin 1,024 such bodies).
 _MEMO_LIMIT = 1024
+_MEMO_CONTEXT_BYTES = 1024
 _CANONICAL: dict[tuple[tuple[str, str], ...], bytes] = {}
 _KEY_IDS: dict[bytes, uuid.UUID] = {}
 
@@ -74,9 +77,20 @@ def canonical_context(context: EncryptionContext | None) -> bytes:
         raise InvalidRequest(
             "the encryption context must be valid Unicode text", field="encryptionContext"
         ) from None
-    if all(type(k) is str and type(v) is str for k, v in items):
+    if len(encoded) <= _MEMO_CONTEXT_BYTES and all(
+        type(k) is str and type(v) is str for k, v in items
+    ):
         _remember(_CANONICAL, items, encoded)
     return encoded
+
+
+def memo_sizes() -> dict[str, int]:
+    """Entries in each memo of this module (tests check that caller input keeps them bounded)."""
+    return {
+        "contexts": len(_CANONICAL),
+        "context_bytes": sum(len(encoded) for encoded in _CANONICAL.copy().values()),
+        "key_ids": len(_KEY_IDS),
+    }
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,9 +1,14 @@
 """The lifecycle service: one method per verb of DESIGN.md section 2.
 
-It is the only writer of the store, so it keeps every key's record (never its material) in
-memory and the unwrapped version keys in an AEAD cache: encrypt and decrypt touch no disk.
-Each verb computes the next record, writes it in one store transaction, then updates the
-cache; a crash between the two loses nothing because the cache is rebuilt from the store.
+It is the only writer of the store, so it keeps every key's record (never its material) and the
+unwrapped version keys in memory, in a :class:`~kms_operator.keys.index.KeyIndex`: encrypt and
+decrypt touch no disk and take no lock. Each verb, holding the index's writer lock (in a
+thread), computes the next record, writes it in one store transaction, then publishes it to the
+index; a crash between the two loses nothing because the index is rebuilt from the store.
+
+Destruction waits on two clocks: the wall clock (``deletion_date``) and the store's elapsed
+time (:mod:`kms_operator.keys.elapsed`), so a forward step of the wall clock destroys nothing
+early.
 """
 
 from __future__ import annotations
@@ -11,12 +16,10 @@ from __future__ import annotations
 import base64
 import logging
 import re
-import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
 from kms_operator.crypto import blob as blobs
 from kms_operator.crypto import primitives, wrapping
@@ -46,6 +49,8 @@ from kms_operator.store.records import (
 )
 
 from .clock import Clock, SystemClock, Timescale
+from .elapsed import ElapsedTime
+from .index import Entry, KeyIndex
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +69,6 @@ RANDOM_BYTES = (1, 1024)
 IMPORT_PARAMETERS_VALID_DAYS = 1
 MAX_MATERIAL_VALIDITY_DAYS = 365
 DATA_KEY_SPECS = {"AES_256": 32, "AES_128": 16}
-_FINGERPRINT_LABEL = b"kms.cmk.dev/material-fingerprint/v1|"
 
 _VersionFilter = Callable[[VersionRecord], bool]
 
@@ -136,51 +140,31 @@ class KeyService:
         self._store = store
         self.clock: Clock = clock or SystemClock()
         self.timescale = timescale or Timescale()
-        self._lock = threading.RLock()
-        self._keys: dict[uuid.UUID, KeyRecord] = {}
-        self._by_name: dict[tuple[str, str], uuid.UUID] = {}
-        self._by_alias: dict[tuple[str, str], uuid.UUID] = {}
-        #: The namespace UIDs the operator has seen, to detach keys of an earlier namespace.
-        self._namespace_uids: dict[str, str] = {}
-        self._aeads: dict[tuple[uuid.UUID, int], primitives.Aead] = {}
-        # Fast paths, filled by the first successful slow-path call and dropped whenever the
-        # key's record changes: they hold only versions that are usable right now without a
-        # clock read (Enabled key, material present, no validTo), so using them skips no check.
-        # Both are keyed by what names a key in the store (its id; a blob's header), never by
-        # caller text, so their size is bounded by the store's versions.
-        self._encrypt_hits: dict[uuid.UUID, tuple[KeyRecord, int, bytes]] = {}
-        self._decrypt_hits: dict[bytes, tuple[KeyRecord, int, primitives.Aead]] = {}
-        self._hits_of: dict[uuid.UUID, list[tuple[dict[Any, Any], Any]]] = {}
-        for record in store.list_keys():
-            self._remember(record)
+        self._index = KeyIndex(store.list_keys(), store.load_material)
+        self.elapsed = ElapsedTime(self.clock, store)
 
     def __repr__(self) -> str:
-        return f"KeyService({self._store!r}, keys={len(self._keys)})"
+        return f"KeyService({self._store!r}, keys={len(self._index.records())})"
 
     # -- reading -------------------------------------------------------------------------
 
     def warm_cache(self) -> None:
         """Unwrap every usable version now, so the first request pays no store read."""
-        for record in list(self._keys.values()):
-            if record.state is KeyState.DESTROYED:
-                continue
-            for version in record.versions:
-                if version.state is VersionState.ENABLED:
-                    self._aead(record, version.version)
+        self._index.warm()
 
     def keys(self) -> list[KeyRecord]:
-        return list(self._keys.values())
+        return self._index.records()
 
     def get(self, key_id: uuid.UUID) -> KeyRecord:
-        record = self._keys.get(key_id)
+        record = self._index.get(key_id)
         if record is None:
             raise NotFound(f"no key with id {key_id}")
         return record
 
     def find(self, namespace: str, name: str) -> KeyRecord | None:
         """The live (not destroyed, not detached) key bound to ``namespace/name``."""
-        key_id = self._by_name.get((namespace, name))
-        return None if key_id is None else self._keys[key_id]
+        key_id = self._index.named(namespace, name)
+        return None if key_id is None else self._index.get(key_id)
 
     def resolve(self, namespace: str, reference: str | uuid.UUID) -> KeyRecord:
         """A key by name, ``alias/…`` or canonical key id text, within ``namespace``.
@@ -188,36 +172,46 @@ class KeyService:
         A :class:`uuid.UUID` is a key id resolved already (the API authorizes the record it
         resolved and then uses exactly that key, whatever moved in between).
         """
+        return self._entry_in(namespace, reference).record
+
+    def _entry_in(self, namespace: str, reference: str | uuid.UUID) -> Entry:
         key_id: uuid.UUID | None
         if isinstance(reference, uuid.UUID):
             key_id = reference
         elif reference.startswith(ALIAS_PREFIX):
-            key_id = self._by_alias.get((namespace, reference))
+            key_id = self._index.aliased(namespace, reference)
         else:
-            key_id = self._by_name.get((namespace, reference))
+            key_id = self._index.named(namespace, reference)
             if key_id is None and _KEY_ID_PATTERN.match(reference):
                 key_id = uuid.UUID(reference)
-        record = None if key_id is None else self._keys.get(key_id)
-        if record is None or record.namespace != namespace or record.is_detached:
+        entry = None if key_id is None else self._index.entry(key_id)
+        if entry is None or entry.record.namespace != namespace or entry.record.is_detached:
             raise NotFound(f"no key {str(reference)!r} in namespace {namespace!r}")
-        return record
+        return entry
 
     def key_of_blob(self, ciphertext_blob: bytes) -> KeyRecord:
         """The key a blob names in its header; unknown keys are an ``InvalidCiphertext``."""
         header = blobs.parse_header(ciphertext_blob)
-        record = self._keys.get(header.key_id)
+        record = self._index.get(header.key_id)
         if record is None or record.is_detached:
             log.debug("invalid ciphertext: unknown or detached key id %s", header.key_id)
             raise InvalidCiphertext()
         return record
 
     def next_deadline(self, key_id: uuid.UUID) -> datetime | None:
-        """The earliest date at which time alone changes this key (deletion, rotation, expiry)."""
+        """The earliest date at which time alone changes this key (deletion, rotation, expiry).
+
+        For a deletion, the wall-clock date at which both of its measures will have passed:
+        the later of ``deletion_date`` and now plus what is left of the window on the
+        elapsed measure. Called on the event loop: it never waits (the elapsed time is
+        persisted by a background thread when due).
+        """
         record = self.get(key_id)
+        self.elapsed.keep(wait=False)
         if record.state is KeyState.DESTROYED:
             return None
         if record.deletion_date is not None:
-            return record.deletion_date
+            return self.elapsed.destruction_date(record, self.clock.now())
         dates = [v.expires_at for v in record.versions if v.expires_at is not None]
         if record.next_rotation_at is not None and record.state is KeyState.ENABLED:
             dates.append(record.next_rotation_at)
@@ -244,7 +238,7 @@ class KeyService:
         Idempotent on purpose: the operator retries after a crash, and must find the key it
         created instead of making a second one.
         """
-        with self._lock:
+        with self._index.writing():
             existing = self.find(namespace, name)
             if existing is not None:
                 return existing
@@ -279,18 +273,20 @@ class KeyService:
                 namespace_uid=namespace_uid,
                 object_uid=object_uid,
             )
-            self._store.create(record, material)
-            self._remember(record, material)
+            elapsed = self.elapsed.now_us()
+            self._store.create(record, material, elapsed_us=elapsed)
+            self.elapsed.persisted(elapsed)
+            self._index.publish(record, material)
             log.info("created key %s for %s/%s (origin %s)", key_id, namespace, name, origin)
             return record
 
     def ensure_default_key(self, namespace: str, service: str, name: str) -> KeyRecord:
         """The namespace's default key for ``service``, created on first need."""
         alias = f"{DEFAULT_ALIAS_PREFIX}{service}"
-        with self._lock:
-            key_id = self._by_alias.get((namespace, alias))
+        with self._index.writing():
+            key_id = self._index.aliased(namespace, alias)
             if key_id is not None:
-                return self._keys[key_id]
+                return self.get(key_id)
             record = self.create_key(
                 namespace,
                 name,
@@ -326,11 +322,11 @@ class KeyService:
         :class:`KeyBoundElsewhere`: nothing is created or adopted without the user's word.
         Keys written before schema 2 carry no UIDs; they are adopted only by a claim.
         """
-        with self._lock:
+        with self._index.writing():
             self.observe_namespace(namespace, namespace_uid)
             record = self.find(namespace, name)
             if record is None and claimed_key_id is not None:
-                claimed = self._keys.get(claimed_key_id)
+                claimed = self._index.get(claimed_key_id)
                 if (
                     claimed is not None
                     and claimed.is_detached
@@ -367,13 +363,13 @@ class KeyService:
 
     def observe_namespace(self, namespace: str, uid: str) -> list[KeyRecord]:
         """Record the namespace's current UID; detach and return the keys of an earlier one."""
-        with self._lock:
-            if self._namespace_uids.get(namespace) == uid:
+        with self._index.writing():
+            if self._index.namespace_uid(namespace) == uid:
                 return []
-            self._namespace_uids[namespace] = uid
+            self._index.remember_namespace(namespace, uid)
             stale = [
                 r
-                for r in self._keys.values()
+                for r in self._index.records()
                 if r.namespace == namespace
                 and r.namespace_uid not in (None, uid)
                 and not r.is_detached
@@ -392,7 +388,7 @@ class KeyService:
         return self._save(record.evolve(detached_at=self.clock.now(), aliases=()))
 
     def set_enabled(self, key_id: uuid.UUID, enabled: bool) -> KeyRecord:
-        with self._lock:
+        with self._index.writing():
             record = self._live(key_id, "enable" if enabled else "disable")
             if record.enabled == enabled:
                 return record
@@ -403,14 +399,14 @@ class KeyService:
             return self._save(record.evolve(enabled=enabled))
 
     def set_description(self, key_id: uuid.UUID, description: str) -> KeyRecord:
-        with self._lock:
+        with self._index.writing():
             record = self._live(key_id, "describe")
             if record.description == description:
                 return record
             return self._save(record.evolve(description=description))
 
     def set_aliases(self, key_id: uuid.UUID, aliases: Sequence[str]) -> KeyRecord:
-        with self._lock:
+        with self._index.writing():
             record = self._live(key_id, "set aliases")
             wanted = tuple(sorted(set(aliases)))
             if wanted == record.aliases:
@@ -425,7 +421,7 @@ class KeyService:
 
     def set_rotation_period(self, key_id: uuid.UUID, days: int | None) -> KeyRecord:
         """Turn automatic rotation on (every ``days``), change it, or turn it off (None)."""
-        with self._lock:
+        with self._index.writing():
             record = self._live(key_id, "set rotation")
             if record.rotation_period_days == days:
                 return record
@@ -441,7 +437,7 @@ class KeyService:
 
     def rotate(self, key_id: uuid.UUID) -> KeyRecord:
         """On-demand rotation: a new current version; older ones still decrypt."""
-        with self._lock:
+        with self._index.writing():
             record = self.get(key_id)
             if record.is_default:
                 raise DefaultKeyProtected(
@@ -452,7 +448,7 @@ class KeyService:
 
     def rotate_if_due(self, key_id: uuid.UUID) -> KeyRecord | None:
         """Automatic rotation when ``next_rotation_at`` has passed; None when not due."""
-        with self._lock:
+        with self._index.writing():
             record = self.get(key_id)
             due = record.next_rotation_at
             if due is None or record.state is not KeyState.ENABLED or self.clock.now() < due:
@@ -494,7 +490,7 @@ class KeyService:
         Default keys are refused, except with ``namespace_terminating``: a namespace being
         deleted takes its default keys with it (the next namespace of that name never gets them).
         """
-        with self._lock:
+        with self._index.writing():
             record = self.get(key_id)
             if record.state in (KeyState.PENDING_DELETION, KeyState.DESTROYED):
                 return record
@@ -514,6 +510,7 @@ class KeyService:
                 record.evolve(
                     deletion_requested_at=now,
                     deletion_date=now + self.timescale.days(pending_window_days),
+                    deletion_requested_elapsed=self.elapsed.now_us(),
                 )
             )
             log.info("key %s scheduled for deletion on %s", key_id, updated.deletion_date)
@@ -521,7 +518,7 @@ class KeyService:
 
     def cancel_deletion(self, key_id: uuid.UUID) -> KeyRecord:
         """Back from PendingDeletion to Disabled (as AWS does); re-enable explicitly."""
-        with self._lock:
+        with self._index.writing():
             record = self.get(key_id)
             if record.state is not KeyState.PENDING_DELETION:
                 raise KeyStateError(
@@ -530,17 +527,37 @@ class KeyService:
                 )
             log.info("deletion of key %s cancelled; the key is now disabled", key_id)
             return self._save(
-                record.evolve(enabled=False, deletion_requested_at=None, deletion_date=None)
+                record.evolve(
+                    enabled=False,
+                    deletion_requested_at=None,
+                    deletion_date=None,
+                    deletion_requested_elapsed=None,
+                )
             )
 
     def destroy_if_due(self, key_id: uuid.UUID) -> KeyRecord | None:
-        """Crypto-shred every version once the deletion date has passed; None when not due."""
-        with self._lock:
+        """Crypto-shred every version once the window has passed; None when not due.
+
+        Due means both: the wall clock has reached ``deletion_date``, and the store's elapsed
+        time has advanced by the window since the request. A forward step of the wall clock
+        satisfies only the first, a restart loses nothing of the second (it resumes from the
+        value persisted), so a key is never destroyed early; at worst later.
+        """
+        self.elapsed.keep(wait=True)
+        with self._index.writing():
             record = self.get(key_id)
             if record.deletion_date is None or record.state is KeyState.DESTROYED:
                 return None
             now = self.clock.now()
             if now < record.deletion_date:
+                return None
+            if not self.elapsed.destruction_due(record, now):
+                log.info(
+                    "key %s: the wall clock passed its deletion date, but not the time elapsed "
+                    "since the request (the clock was stepped, or the operator was down): "
+                    "waiting",
+                    key_id,
+                )
                 return None
             destroyed = record.evolve(
                 destroyed_at=now,
@@ -551,8 +568,10 @@ class KeyService:
                     for v in record.versions
                 ),
             )
-            self._store.destroy(destroyed)
-            self._remember(destroyed)
+            elapsed = self.elapsed.now_us()
+            self._store.destroy(destroyed, elapsed_us=elapsed)
+            self.elapsed.persisted(elapsed)
+            self._index.publish(destroyed)
             log.info("key %s destroyed: every version's material was removed", key_id)
             return destroyed
 
@@ -565,7 +584,7 @@ class KeyService:
         key_spec: wrapping.WrappingKeySpec,
     ) -> ImportParameters:
         """A wrapping public key and an import token, valid for one day."""
-        with self._lock:
+        with self._index.writing():
             record = self._importable(key_id)
             private_pem, public_pem = wrapping.generate_wrapping_key(key_spec)
             now = self.clock.now()
@@ -597,7 +616,7 @@ class KeyService:
         * different material for a key whose current version lost its own is refused: only
           the original material can bring back what was encrypted under it.
         """
-        with self._lock:
+        with self._index.writing():
             record = self._importable(key_id)
             loaded = self._store.load_import_parameters(import_token)
             if loaded is None or loaded[0].key_id != key_id:
@@ -639,7 +658,7 @@ class KeyService:
     def _place_material(
         self, record: KeyRecord, material: bytes, valid_to: datetime | None, now: datetime
     ) -> tuple[KeyRecord, int]:
-        fingerprint = material_fingerprint(record.key_id, material)
+        fingerprint = self._store.fingerprint(record.key_id, material)
         versions = list(record.versions)
         current = versions[-1]
         match = next((v for v in versions if v.fingerprint == fingerprint), None)
@@ -679,7 +698,7 @@ class KeyService:
         self, key_id: uuid.UUID, versions: Iterable[int] | None = None
     ) -> KeyRecord:
         """Drop imported material (all versions by default): they go to PendingImport."""
-        with self._lock:
+        with self._index.writing():
             record = self.get(key_id)
             if record.origin is not Origin.EXTERNAL:
                 raise InvalidRequest(
@@ -694,8 +713,12 @@ class KeyService:
             )
 
     def expire_material_if_due(self, key_id: uuid.UUID) -> KeyRecord | None:
-        """Drop material whose ``validTo`` has passed; None when nothing expired."""
-        with self._lock:
+        """Drop material whose ``validTo`` has passed; None when nothing expired.
+
+        The wall clock alone decides: expiry can be undone (import the same material again),
+        so unlike destruction it needs no second measure.
+        """
+        with self._index.writing():
             record = self.get(key_id)
             now = self.clock.now()
             if not any(
@@ -738,35 +761,33 @@ class KeyService:
                 f"plaintext is {len(plaintext)} bytes; at most {MAX_PLAINTEXT} are accepted",
                 field="plaintext",
             )
-        record = self.resolve(namespace, reference)
-        hit = self._encrypt_hits.get(record.key_id)
+        entry = self._entry_in(namespace, reference)
+        hit = entry.encrypt_hit
         if hit is None:
-            version = self._current_usable_version(record, "encrypt")
-            prefix = blobs.header_prefix(record.key_id, version)
-            self._aead(record, version)
-            hit = (record, version, prefix)
-            if self._fast(record, version):
-                self._remember_hit(record.key_id, record.key_id, hit, self._encrypt_hits)
-        record, version, prefix = hit
-        aead = self._aeads[(record.key_id, version)]
+            version = self._current_usable_version(entry.record, "encrypt")
+            aead = self._index.aead(entry, version)
+            prefix = blobs.header_prefix(entry.record.key_id, version)
+        else:
+            version, prefix, aead = hit
         return EncryptResult(
-            blobs.seal_prefixed(aead, prefix, plaintext, context), record.key_id, version
+            blobs.seal_prefixed(aead, prefix, plaintext, context), entry.record.key_id, version
         )
 
     def decrypt(
         self, ciphertext_blob: bytes, context: Mapping[str, str] | None = None
     ) -> DecryptResult:
         prefix = blobs.header_prefix_of(ciphertext_blob)
-        hit = self._decrypt_hits.get(prefix) if prefix is not None else None
+        hit = self._index.decrypt_hit(prefix) if prefix is not None else None
         if hit is not None:
-            plaintext = blobs.open_prefixed(hit[2], ciphertext_blob, context)
-            return DecryptResult(plaintext, hit[0].key_id, hit[1])
+            key_id, number, aead = hit
+            plaintext = blobs.open_prefixed(aead, ciphertext_blob, context)
+            return DecryptResult(plaintext, key_id, number)
         header = blobs.parse_header(ciphertext_blob)
-        found_record = self._keys.get(header.key_id)
-        if found_record is None or found_record.is_detached:
+        entry = self._index.entry(header.key_id)
+        if entry is None or entry.record.is_detached:
             log.debug("invalid ciphertext: unknown or detached key id %s", header.key_id)
             raise InvalidCiphertext()
-        record, version = found_record, header.version
+        record, version = entry.record, header.version
         self._require_usable(record, "decrypt")
         found = record.version(version)
         if found is None or found.state is VersionState.DESTROYED:
@@ -777,10 +798,8 @@ class KeyService:
                 f"key {record.namespace}/{record.name} version {version} has no material: "
                 "import the same material again to decrypt"
             )
-        aead = self._aead(record, version)
+        aead = self._index.aead(entry, version)
         plaintext = blobs.open_sealed(aead, ciphertext_blob, context, header=header)
-        if prefix is not None and self._fast(record, version):
-            self._remember_hit(record.key_id, prefix, (record, version, aead), self._decrypt_hits)
         return DecryptResult(plaintext, record.key_id, version)
 
     def generate_data_key(
@@ -858,36 +877,6 @@ class KeyService:
         # Material past its validTo is refused at once, even before the timer deletes it.
         return version.expires_at is None or self.clock.now() < version.expires_at
 
-    @staticmethod
-    def _fast(record: KeyRecord, version: int) -> bool:
-        found = record.version(version)
-        return (
-            record.state is KeyState.ENABLED
-            and found is not None
-            and found.state is VersionState.ENABLED
-            and found.expires_at is None
-        )
-
-    def _remember_hit(self, key_id: uuid.UUID, where: Any, hit: Any, hits: dict[Any, Any]) -> None:
-        with self._lock:
-            if self._keys.get(key_id) is not hit[0]:
-                return  # the record changed while this call ran: do not cache a stale one
-            hits[where] = hit
-            self._hits_of.setdefault(key_id, []).append((hits, where))
-
-    def _aead(self, record: KeyRecord, version: int) -> primitives.Aead:
-        aead = self._aeads.get((record.key_id, version))
-        if aead is None:
-            material = self._store.load_material(record.key_id, version)
-            if material is None:
-                # The record says Enabled but the store has no material: never guess.
-                raise KeyPendingImport(
-                    f"key {record.namespace}/{record.name} version {version} has no material"
-                )
-            aead = primitives.Aead(material)
-            self._aeads[(record.key_id, version)] = aead
-        return aead
-
     def _live(self, key_id: uuid.UUID, operation: str) -> KeyRecord:
         """A key that is neither pending deletion nor destroyed, for spec changes."""
         record = self.get(key_id)
@@ -920,9 +909,9 @@ class KeyService:
                     f"alias {alias!r} is reserved: {DEFAULT_ALIAS_PREFIX}… names default keys",
                     field="aliases",
                 )
-            owner = self._by_alias.get((namespace, alias))
+            owner = self._index.aliased(namespace, alias)
             if owner is not None and owner != key_id:
-                other = self._keys[owner]
+                other = self.get(owner)
                 raise AliasConflict(
                     f"alias {alias!r} already names key {namespace}/{other.name} ({other.key_id})"
                 )
@@ -949,38 +938,14 @@ class KeyService:
         add_material: Mapping[int, bytes] | None = None,
         drop_material: Sequence[int] = (),
     ) -> KeyRecord:
-        self._store.update(record, add_material=add_material, drop_material=drop_material)
-        for version in drop_material:
-            self._aeads.pop((record.key_id, version), None)
-        self._remember(record, add_material)
+        """Write ``record`` (writer lock held), then show it; the elapsed time goes with it."""
+        elapsed = self.elapsed.now_us()
+        self._store.update(
+            record, add_material=add_material, drop_material=drop_material, elapsed_us=elapsed
+        )
+        self.elapsed.persisted(elapsed)
+        self._index.publish(record, add_material)
         return record
-
-    def _remember(self, record: KeyRecord, material: Mapping[int, bytes] | None = None) -> None:
-        for hits, where in self._hits_of.pop(record.key_id, ()):
-            hits.pop(where, None)
-        previous = self._keys.get(record.key_id)
-        if previous is not None:
-            for alias in previous.aliases:
-                self._by_alias.pop((previous.namespace, alias), None)
-        self._keys[record.key_id] = record
-        binding = (record.namespace, record.name)
-        if record.state is KeyState.DESTROYED or record.is_detached:
-            if self._by_name.get(binding) == record.key_id:
-                del self._by_name[binding]
-            if record.state is KeyState.DESTROYED:
-                for version in record.versions:
-                    self._aeads.pop((record.key_id, version.version), None)
-            return
-        self._by_name[binding] = record.key_id
-        for alias in record.aliases:
-            self._by_alias[(record.namespace, alias)] = record.key_id
-        for number, secret in (material or {}).items():
-            self._aeads[(record.key_id, number)] = primitives.Aead(secret)
-
-
-def material_fingerprint(key_id: uuid.UUID, material: bytes) -> bytes:
-    """One-way: HMAC-SHA-256 keyed by the key id, so equal material in two keys differs."""
-    return primitives.hmac_sha256(key_id.bytes, _FINGERPRINT_LABEL + material)
 
 
 def data_key_size(key_spec: str | None, number_of_bytes: int | None) -> int:

@@ -2,7 +2,11 @@
 
 The lifecycle service (``kms_operator.keys``) decides; the store only keeps what it is told,
 each call in one atomic transaction: after a crash at any point the store holds either the
-state before the call or the state after it.
+state before the call or the state after it. Every failure is a
+:class:`~kms_operator.errors.StoreError` (retryable), whatever the backend's own exceptions.
+
+Writes take the service's elapsed-time counter (``elapsed_us``) and persist it in the same
+transaction, so the measure that destruction waits on survives a restart.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ class KeyStore(Protocol):
 
     def get(self, key_id: uuid.UUID) -> KeyRecord | None: ...
 
-    def create(self, record: KeyRecord, materials: Mapping[int, bytes]) -> None:
+    def create(
+        self, record: KeyRecord, materials: Mapping[int, bytes], *, elapsed_us: int | None = None
+    ) -> None:
         """Insert a new key with the material of its versions (EXTERNAL keys: none)."""
 
     def update(
@@ -31,13 +37,30 @@ class KeyStore(Protocol):
         *,
         add_material: Mapping[int, bytes] | None = None,
         drop_material: Collection[int] = (),
+        elapsed_us: int | None = None,
     ) -> None:
         """Replace the key's record, aliases and versions; add and drop material, atomically."""
 
-    def destroy(self, record: KeyRecord) -> None:
-        """Crypto-shred: remove every version's material and fingerprint, keep a tombstone."""
+    def destroy(self, record: KeyRecord, *, elapsed_us: int | None = None) -> None:
+        """Crypto-shred: remove every version's material and fingerprint, keep a tombstone.
+
+        No copy of the material may stay in the backend's files; what cannot be erased at once
+        (a reader holds the journal) is remembered and finished later, across restarts.
+        """
+
+    def complete_shred(self) -> bool:
+        """Retry a pending shred; True when none is pending."""
 
     def load_material(self, key_id: uuid.UUID, version: int) -> bytes | None: ...
+
+    def load_elapsed(self) -> int:
+        """The elapsed-time counter last persisted, in microseconds (0 for a new store)."""
+
+    def save_elapsed(self, elapsed_us: int) -> None:
+        """Persist the counter (never lowering it)."""
+
+    def fingerprint(self, key_id: uuid.UUID, material: bytes) -> bytes:
+        """The one-way fingerprint kept for imported material, keyed from the root key."""
 
     def save_import_parameters(
         self, params: ImportParameters, private_key_pem: bytes, *, now: datetime

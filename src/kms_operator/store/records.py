@@ -45,8 +45,10 @@ class VersionRecord:
     version: int
     created_at: datetime
     state: VersionState
-    #: One-way fingerprint of EXTERNAL material (HMAC-SHA-256 keyed by the key id), kept after
-    #: the material is deleted so that only the same material can be imported again.
+    #: One-way fingerprint of EXTERNAL material, kept after the material is deleted so that
+    #: only the same material can be imported again: HMAC-SHA-256 under a key derived from the
+    #: root key, of HMAC-SHA-256(key id, material) (so a copy of the store without the root key
+    #: cannot test guesses, and equal material in two keys still differs).
     fingerprint: bytes | None = field(default=None, repr=False)
     imported_at: datetime | None = None
     expires_at: datetime | None = None
@@ -83,6 +85,10 @@ class KeyRecord:
     #: one that did not claim it). A detached key answers no name or alias, encrypts and
     #: decrypts nothing, and keeps its own deletion schedule.
     detached_at: datetime | None = None
+    #: The store's elapsed time (microseconds, :class:`~kms_operator.keys.clock.ElapsedTime`)
+    #: when the deletion was requested: the key is destroyed only once its window has passed on
+    #: the wall clock (``deletion_date``) and on this measure, which a clock step cannot advance.
+    deletion_requested_elapsed: int | None = None
 
     @property
     def current_version(self) -> int:

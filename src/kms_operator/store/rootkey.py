@@ -21,6 +21,9 @@ from kms_operator.errors import StoreError
 ROOT_KEY_SIZE = 32
 _MATERIAL_AAD = b"kms.cmk.dev/material/v1|"
 _SECRET_AAD = b"kms.cmk.dev/secret/v1|"
+_FINGERPRINT_KEY_LABEL = b"kms.cmk.dev/fingerprint-key/v2"
+_FINGERPRINT_V1 = b"kms.cmk.dev/material-fingerprint/v1|"
+_FINGERPRINT_V2 = b"kms.cmk.dev/material-fingerprint/v2|"
 
 
 class RootKeyError(StoreError):
@@ -30,12 +33,15 @@ class RootKeyError(StoreError):
 class RootKey:
     """Wraps and unwraps material with AES-256-GCM; AAD binds the key id and version."""
 
-    __slots__ = ("_aead",)
+    __slots__ = ("_aead", "_fingerprint_key")
 
     def __init__(self, key: bytes) -> None:
         if len(key) != ROOT_KEY_SIZE:
             raise RootKeyError(f"a root key is {ROOT_KEY_SIZE} bytes, got {len(key)}")
         self._aead = primitives.Aead(key)
+        # A key of its own for fingerprints (HMAC(root key, label)); neither it nor the root
+        # key ever leaves this object.
+        self._fingerprint_key = primitives.hmac_sha256(key, _FINGERPRINT_KEY_LABEL)
 
     def __repr__(self) -> str:
         return "RootKey(<hidden>)"
@@ -57,6 +63,19 @@ class RootKey:
     def unwrap_secret(self, label: str, wrapped: bytes) -> bytes:
         return self._unwrap(_SECRET_AAD + label.encode(), wrapped)
 
+    def material_fingerprint(self, key_id: uuid.UUID, material: bytes) -> bytes:
+        """The one-way fingerprint of imported material that the store keeps (v2).
+
+        ``HMAC(fingerprint key, HMAC(key id, material))``: the inner HMAC keeps equal material
+        in two keys apart, the outer one, keyed from the root key, means a copy of the store
+        alone cannot confirm a guess of low-entropy material.
+        """
+        return self.upgrade_fingerprint(legacy_fingerprint(key_id, material))
+
+    def upgrade_fingerprint(self, v1: bytes) -> bytes:
+        """The v2 fingerprint of a v1 one (``HMAC(key id, material)``), without the material."""
+        return primitives.hmac_sha256(self._fingerprint_key, _FINGERPRINT_V2 + v1)
+
     def _wrap(self, aad: bytes, data: bytes) -> bytes:
         nonce = primitives.random_bytes(primitives.NONCE_SIZE)
         return nonce + self._aead.encrypt(nonce, data, aad)
@@ -73,6 +92,12 @@ class RootKey:
                 "stored material does not unwrap under the root key: "
                 "wrong root key or a corrupted store"
             ) from None
+
+
+def legacy_fingerprint(key_id: uuid.UUID, material: bytes) -> bytes:
+    """The v1 fingerprint, HMAC-SHA-256 keyed by the (public) key id; stores before schema 4
+    kept it. Only the inner part of the v2 fingerprint now: never stored on its own."""
+    return primitives.hmac_sha256(key_id.bytes, _FINGERPRINT_V1 + material)
 
 
 def _material_aad(key_id: uuid.UUID, version: int) -> bytes:
