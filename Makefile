@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 LOCAL := .local
 ENSURE_ASSETS := hack/controlplane/ensure.sh
 
-.PHONY: run test lint unit integration e2e controlplane bench clean
+.PHONY: run test lint unit integration e2e controlplane image node cluster bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,12 @@ $(STAMP): pyproject.toml
 # Builds kube-apiserver, etcd, kubectl and helm once (skipped when KUBEBUILDER_ASSETS is set).
 controlplane:
 	$(ENSURE_ASSETS) >/dev/null
+
+# The container image (Dockerfile) as kms-operator:dev, also saved to .envtest/image/ for the
+# local node. Here: a Debian base made with debootstrap and wheels built on the host, no network
+# in the build; elsewhere `make image BASE_IMAGE=python:3.11-slim`.
+image:
+	hack/image/build.sh
 
 # Runs the operator and its API: against the cluster of KUBECONFIG (or ~/.kube/config) when one
 # is configured, otherwise on a local control plane started for the session.
