@@ -65,10 +65,16 @@ LABEL org.opencontainers.image.title="kms-operator" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.created="${CREATED}"
 COPY --from=builder /opt/kms-operator /opt/kms-operator
+# A name for the numeric user: Kopf's peering identity asks getpass.getuser(), which reads
+# USER/LOGNAME first (so any runAsUser works) and the password database for 65532.
+RUN echo 'kms-operator:x:65532:65532:kms-operator:/tmp:/usr/sbin/nologin' >> /etc/passwd \
+ && echo 'kms-operator:x:65532:' >> /etc/group
 ENV PATH=/opt/kms-operator/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     HOME=/tmp \
+    USER=kms-operator \
+    LOGNAME=kms-operator \
     TMPDIR=/tmp
 WORKDIR /tmp
 USER 65532:65532

@@ -55,8 +55,9 @@ apt_install() {
 # ---- the daemon -----------------------------------------------------------------------------
 started_dockerd=0
 if [[ -z "${DOCKER_HOST:-}" ]] && ! { command -v docker >/dev/null && docker version >/dev/null 2>&1; }; then
+  # Stopped at the end only if this run started it (not one left running by hand).
+  "${script_dir}/dockerd.sh" status >/dev/null 2>&1 || started_dockerd=1
   eval "$("${script_dir}/dockerd.sh" start | tail -n 1)"
-  started_dockerd=1
 fi
 cleanup() {
   if [[ "${started_dockerd}" == 1 && "${KMS_DOCKERD_KEEP:-0}" != 1 ]]; then

@@ -241,5 +241,19 @@ class Kube:
             report=lambda: self.describe("pod", namespace, name),
         )
         logs = self.kubectl("logs", "-n", namespace, name, check=False)
+        if phase == "Failed":
+            got = self.get("pod", "-n", namespace, name) or {}
+            statuses = got.get("status", {}).get("containerStatuses", [])
+            states = [c.get("state", {}) for c in statuses]
+            events = self.kubectl(
+                "get",
+                "events",
+                "-n",
+                namespace,
+                "--field-selector",
+                f"involvedObject.name={name}",
+                check=False,
+            )
+            logs.stderr += f"\n--- container states ---\n{states}\n--- events ---\n{events.stdout}"
         self.kubectl("delete", "pod", "-n", namespace, name, "--wait=false", check=False)
         return phase, logs.stdout + logs.stderr

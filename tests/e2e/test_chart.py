@@ -174,49 +174,84 @@ def test_every_example_applies_and_becomes_ready(release: Kube) -> None:
             assert obj["status"]["phase"] == "Imported", obj["status"]
 
 
-def _dek_pod_script() -> str:
-    return """set -e
-python3 - <<'PY'
-import hashlib, os
-def h(b): return hashlib.sha256(b).hexdigest()
-print("FILE-PLAINTEXT", h(open("/etc/dek/plaintext", "rb").read()))
-print("FILE-CIPHERTEXT", h(open("/etc/dek/ciphertext", "rb").read()))
-print("ENV-PLAINTEXT", h(os.environb[b"DEK_PLAINTEXT"]))
-print("ENV-CIPHERTEXT", h(os.environb[b"DEK_CIPHERTEXT"]))
-PY
-"""
-
-
 def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def test_pod_reads_a_datakey_secret_as_volume_and_environment(release: Kube) -> None:
+def _secret_key_env(secret: str, key: str, name: str) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+
+
+HASH_FILES = """set -e
+python3 - <<'PY'
+import hashlib
+for name in ("plaintext", "ciphertext"):
+    print("FILE", name, hashlib.sha256(open("/etc/dek/" + name, "rb").read()).hexdigest())
+PY
+"""
+
+HASH_ENV = """set -e
+python3 - <<'PY'
+import hashlib, os
+for name in ("plaintext", "ciphertext"):
+    print("ENV", name, hashlib.sha256(os.environb[b"DEK_" + name.upper().encode()]).hexdigest())
+PY
+"""
+
+
+def _hashes(logs: str, prefix: str) -> dict[str, str]:
+    return {
+        parts[1]: parts[2]
+        for parts in (line.split() for line in logs.splitlines())
+        if len(parts) == 3 and parts[0] == prefix
+    }
+
+
+def test_pod_reads_a_datakey_secret_as_a_volume(release: Kube) -> None:
     kube = release
     dk = scenarios.datakey(kube, APP, "app-dek", keySpec="AES_256")
     secret_name = dk["status"]["secretName"]
     data = kube.secret_data(APP, secret_name)
     assert len(data["plaintext"]) == 32 and data["ciphertext"].startswith(b"KMS1")
-
-    def env(name: str, key: str) -> dict[str, Any]:
-        return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret_name, "key": key}}}
-
     phase, logs = kube.run_pod(
         APP,
-        _dek_pod_script(),
+        HASH_FILES,
         volumes=[{"name": "dek", "secret": {"secretName": secret_name}}],
         mounts=[{"name": "dek", "mountPath": "/etc/dek", "readOnly": True}],
-        env=[env("DEK_PLAINTEXT", "plaintext"), env("DEK_CIPHERTEXT", "ciphertext")],
     )
     assert phase == "Succeeded", logs
-    seen = dict(
-        line.split(" ", 1) for line in logs.splitlines() if line.startswith(("FILE", "ENV"))
+    assert _hashes(logs, "FILE") == {
+        "plaintext": _sha(data["plaintext"]),
+        "ciphertext": _sha(data["ciphertext"]),
+    }
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "found by this test: a DataKey Secret holds raw bytes, and a container cannot start "
+        "with them in an environment variable (runc: 'environment variable value can't "
+        "contain NUL'; CRI values must be UTF-8). Needs a text form of the data key in the "
+        "Secret (a design decision of the DataKey contract)."
+    ),
+)
+def test_pod_reads_a_datakey_secret_as_environment_variables(release: Kube) -> None:
+    kube = release
+    dk = scenarios.datakey(kube, APP, "app-dek", keySpec="AES_256")
+    secret_name = dk["status"]["secretName"]
+    data = kube.secret_data(APP, secret_name)
+    phase, logs = kube.run_pod(
+        APP,
+        HASH_ENV,
+        env=[
+            _secret_key_env(secret_name, "plaintext", "DEK_PLAINTEXT"),
+            _secret_key_env(secret_name, "ciphertext", "DEK_CIPHERTEXT"),
+        ],
     )
-    assert seen == {
-        "FILE-PLAINTEXT": _sha(data["plaintext"]),
-        "FILE-CIPHERTEXT": _sha(data["ciphertext"]),
-        "ENV-PLAINTEXT": _sha(data["plaintext"]),
-        "ENV-CIPHERTEXT": _sha(data["ciphertext"]),
+    assert phase == "Succeeded", logs
+    assert _hashes(logs, "ENV") == {
+        "plaintext": _sha(data["plaintext"]),
+        "ciphertext": _sha(data["ciphertext"]),
     }
 
 
