@@ -53,7 +53,7 @@ def _values(kube: Kube, *extra: str) -> list[str]:
 
 
 def _install(kube: Kube, *extra: str, upgrade: bool = False) -> None:
-    verb = ["upgrade", "--reuse-values"] if upgrade else ["install"]
+    verb = ["upgrade", "--reuse-values"] if upgrade else ["upgrade", "--install"]
     kube.helm(
         *verb,
         RELEASE,

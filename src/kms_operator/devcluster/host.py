@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
+import shlex
 import signal
 import subprocess
 import time
@@ -85,43 +86,57 @@ def install_guard(pod_cidr: str, bridge: str) -> None:
         _iptables("filter", "-I", "FORWARD", "1", "-j", GUARD_CHAIN)
 
 
-def _iptables(table: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return run("iptables", "-w", "5", "-t", table, *args, check=check)
+def _iptables(
+    table: str, *args: str, check: bool = True, binary: str = "iptables"
+) -> subprocess.CompletedProcess[str]:
+    return run(binary, "-w", "5", "-t", table, *args, check=check)
 
 
 def cleanup_iptables() -> list[str]:
-    """Remove every rule jumping to, and every chain named, KUBE-*, CNI-* or the guard chain.
-
-    Returns the chains removed. Built-in chains keep every other rule.
-    """
+    """Remove every rule jumping to, and every chain named, KUBE-*, CNI-* or the guard chain,
+    for IPv4 and IPv6 (kube-proxy writes both). Returns the chains removed. Built-in chains
+    keep every other rule."""
     removed: list[str] = []
-    for table in ("nat", "filter", "mangle"):
-        listing = _iptables(table, "-S", check=False)
-        if listing.returncode != 0:
+    for binary in ("iptables", "ip6tables"):
+        for table in ("nat", "filter", "mangle"):
+            removed += _cleanup_table(binary, table)
+    return removed
+
+
+def _jumps_to_ours(parts: list[str]) -> bool:
+    return any(
+        parts[i] in ("-j", "-g") and parts[i + 1].startswith(_CHAIN_PREFIXES)
+        for i in range(len(parts) - 1)
+    )
+
+
+def _cleanup_table(binary: str, table: str) -> list[str]:
+    try:
+        listing = _iptables(table, "-S", check=False, binary=binary)
+    except OSError:  # no ip6tables binary
+        return []
+    if listing.returncode != 0:
+        return []
+    ours: list[str] = []
+    jumps: list[list[str]] = []
+    for line in listing.stdout.splitlines():
+        parts = shlex.split(line)  # comments are quoted and hold spaces
+        if len(parts) < 2:
             continue
-        ours: list[str] = []
-        jumps: list[list[str]] = []
-        for line in listing.stdout.splitlines():
-            parts = line.split()
-            if len(parts) >= 2 and parts[0] == "-N" and parts[1].startswith(_CHAIN_PREFIXES):
-                ours.append(parts[1])
-            elif (
-                len(parts) >= 2
-                and parts[0] == "-A"
-                and not parts[1].startswith(_CHAIN_PREFIXES)
-                and any(
-                    parts[i] in ("-j", "-g") and parts[i + 1].startswith(_CHAIN_PREFIXES)
-                    for i in range(len(parts) - 1)
-                )
-            ):
-                jumps.append(["-D", *parts[1:]])
-        for rule in jumps:
-            _iptables(table, *rule, check=False)
-        for chain in ours:
-            _iptables(table, "-F", chain, check=False)
-        for chain in ours:
-            if _iptables(table, "-X", chain, check=False).returncode == 0:
-                removed.append(f"{table}/{chain}")
+        if parts[0] == "-N" and parts[1].startswith(_CHAIN_PREFIXES):
+            ours.append(parts[1])
+        elif (
+            parts[0] == "-A" and not parts[1].startswith(_CHAIN_PREFIXES) and _jumps_to_ours(parts)
+        ):
+            jumps.append(["-D", *parts[1:]])
+    for rule in jumps:
+        _iptables(table, *rule, check=False, binary=binary)
+    for chain in ours:
+        _iptables(table, "-F", chain, check=False, binary=binary)
+    removed = []
+    for chain in ours:
+        if _iptables(table, "-X", chain, check=False, binary=binary).returncode == 0:
+            removed.append(f"{binary}/{table}/{chain}")
     return removed
 
 
