@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # The kms-operator image: `kms-operator` as entrypoint, `kmsctl` and `python3` on PATH.
 #
 #   make image                                   # hack/image/build.sh: wheels and base made here
