@@ -111,6 +111,7 @@ class DevCluster:
         self._provisioner_error: str | None = None
         self._owns_work_dir = False
         self.timings: dict[str, float] = {}
+        self._sysctls: dict[str, str] = {}
 
     # -- properties ---------------------------------------------------------------------------
 
@@ -250,6 +251,8 @@ class DevCluster:
         gateway = ipaddress.IPv4Interface(f"{layout.node_ip}/{layout.pod_cidr.split('/')[1]}")
         host.create_bridge(layout.bridge, gateway, layout.service_cidr)
         host.install_guard(layout.pod_cidr, layout.bridge)
+        self._sysctls = host.set_sysctls()
+        _write_state_field("sysctls", self._sysctls)
 
         s = time.monotonic()
         pki = work / "controlplane" / "pki"
@@ -592,6 +595,8 @@ class DevCluster:
             self._cp = None
         if layout is not None:
             problems += teardown(layout.work_dir, layout.bridge, layout.containerd_socket)
+            host.restore_sysctls(self._sysctls)
+            self._sysctls = {}
             if self._owns_work_dir and not self.keep_work_dir:
                 shutil.rmtree(layout.work_dir, ignore_errors=True)
         self._layout = None
@@ -648,6 +653,9 @@ def cleanup_stale() -> None:
         )
         if work_dir.name.startswith("kms-devcluster-"):
             shutil.rmtree(work_dir, ignore_errors=True)
+    sysctls = state.get("sysctls")
+    if isinstance(sysctls, dict):
+        host.restore_sysctls({str(k): str(v) for k, v in sysctls.items()})
     _clear_state()
 
 
@@ -671,8 +679,12 @@ def _write_state(state: dict[str, Any]) -> None:
 
 
 def _write_state_pids(pids: dict[str, int]) -> None:
+    _write_state_field("pids", pids)
+
+
+def _write_state_field(name: str, value: Any) -> None:
     state = _read_state()
-    state["pids"] = pids
+    state[name] = value
     _write_state(state)
 
 

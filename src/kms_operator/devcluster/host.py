@@ -30,7 +30,9 @@ __all__ = [
     "kill_processes_mentioning",
     "mounts_under",
     "remove_cgroups",
+    "restore_sysctls",
     "run",
+    "set_sysctls",
     "unmount_under",
 ]
 
@@ -74,6 +76,37 @@ def create_bridge(name: str, gateway: ipaddress.IPv4Interface, service_cidr: str
 def delete_bridge(name: str) -> None:
     if run("ip", "link", "show", name, check=False).returncode == 0:
         run("ip", "link", "delete", name, check=False)
+
+
+#: Needed by pods behind Services: routing back out of the bridge, and bridged replies seen
+#: by iptables (so conntrack undoes kube-proxy's DNAT).
+NODE_SYSCTLS = {
+    "net/ipv4/ip_forward": "1",
+    "net/bridge/bridge-nf-call-iptables": "1",
+}
+
+
+def set_sysctls(wanted: dict[str, str] | None = None) -> dict[str, str]:
+    """Set the sysctls a node needs; returns the previous values of those it changed."""
+    changed: dict[str, str] = {}
+    for key, value in (wanted or NODE_SYSCTLS).items():
+        path = Path("/proc/sys") / key
+        if not path.exists():
+            continue  # e.g. no br_netfilter: Services then work between pods less well
+        try:
+            before = path.read_text().strip()
+            if before != value:
+                path.write_text(value)
+                changed[key] = before
+        except OSError as exc:
+            raise HostError(f"cannot set {key.replace('/', '.')}={value}: {exc}") from exc
+    return changed
+
+
+def restore_sysctls(previous: dict[str, str]) -> None:
+    for key, value in previous.items():
+        with contextlib.suppress(OSError):
+            (Path("/proc/sys") / key).write_text(value)
 
 
 def install_guard(pod_cidr: str, bridge: str) -> None:
