@@ -1,29 +1,33 @@
-"""Fixtures for end-to-end tests against a real cluster.
+"""Fixtures of the end-to-end tier: a real cluster with a real node, nothing mocked.
 
-Where the cluster comes from, in order:
+Where the cluster comes from:
 
-1. ``KMS_E2E_USE_KUBECONFIG=1``: the cluster of ``$KUBECONFIG`` (or ``~/.kube/config``), as is.
-2. ``docker info`` succeeds and ``kind`` is on PATH: the kind cluster ``kms-e2e``
-   (``KMS_E2E_CLUSTER`` overrides the name), created if absent (``KMS_E2E_KIND_IMAGE`` picks
-   the node image) and kept afterwards unless ``KMS_E2E_DELETE_CLUSTER=1``.
-3. Otherwise every e2e test is skipped, with the reason.
+1. ``KMS_E2E_USE_KUBECONFIG=1``: the cluster of ``$KUBECONFIG`` (or ``~/.kube/config``), as
+   is: kind, or any cluster. The image must be there already: ``KMS_E2E_IMAGE`` names it
+   (default ``kms-operator:dev``; with kind, ``kind load docker-image kms-operator:dev``) and
+   ``KMS_E2E_PULL_POLICY`` its pull policy (default ``IfNotPresent``).
+2. Otherwise a :class:`kms_operator.devcluster.DevCluster` on this machine (root needed): the
+   control plane of ``hack/controlplane/ensure.sh``, the node of ``hack/node/ensure.sh`` and
+   the image archive of ``hack/image/build.sh`` (``KMS_E2E_IMAGE_ARCHIVE``, default
+   ``.envtest/image/kms-operator.tar``), loaded into the node; pull policy ``Never``, so no
+   registry is ever asked. ``make e2e`` builds all three first.
 
-Every test under tests/e2e is marked ``e2e``.
+The tier never skips: a missing piece fails with what to run. kubectl and helm come from
+``KUBEBUILDER_ASSETS`` / ``.envtest/bin``, else PATH. Every test under tests/e2e is marked
+``e2e``.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from kubernetes import client, config
+from tests.e2e.kube import ROOT, Kube
 
 _HERE = Path(__file__).resolve().parent
-DEFAULT_CLUSTER = "kms-e2e"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -32,75 +36,55 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.e2e)
 
 
-def _run(*argv: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, check=False)
+def _diagnostics_of(cluster: Any) -> Callable[[], str]:
+    def report() -> str:
+        try:
+            return str(cluster.logs_report(15))
+        except Exception as exc:
+            return f"(no node logs: {exc})"
 
-
-def _docker_problem() -> str | None:
-    if shutil.which("docker") is None:
-        return "docker is not on PATH"
-    try:
-        info = _run("docker", "info", timeout=30)
-    except subprocess.TimeoutExpired:
-        return "`docker info` timed out"
-    if info.returncode != 0:
-        return f"`docker info` failed: {(info.stderr or info.stdout).strip()[-300:]}"
-    return None
-
-
-def _kind_kubeconfig(tmp_dir: Path) -> tuple[Path, str, bool]:
-    name = os.environ.get("KMS_E2E_CLUSTER", DEFAULT_CLUSTER)
-    clusters = _run("kind", "get", "clusters")
-    if clusters.returncode != 0:
-        pytest.fail(f"`kind get clusters` failed: {clusters.stderr.strip()}", pytrace=False)
-    created = False
-    if name not in clusters.stdout.split():
-        argv = ["kind", "create", "cluster", "--name", name, "--wait", "180s"]
-        if image := os.environ.get("KMS_E2E_KIND_IMAGE"):
-            argv += ["--image", image]
-        made = _run(*argv, timeout=600)
-        if made.returncode != 0:
-            pytest.fail(f"`{' '.join(argv)}` failed:\n{made.stderr.strip()}", pytrace=False)
-        created = True
-    kubeconfig = _run("kind", "get", "kubeconfig", "--name", name)
-    if kubeconfig.returncode != 0:
-        pytest.fail(f"`kind get kubeconfig` failed: {kubeconfig.stderr.strip()}", pytrace=False)
-    path = tmp_dir / f"{name}.kubeconfig"
-    path.write_text(kubeconfig.stdout)
-    path.chmod(0o600)
-    return path, name, created
+    return report
 
 
 @pytest.fixture(scope="session")
-def e2e_kubeconfig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """The kubeconfig of the e2e cluster (skips when there is no way to get one)."""
+def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kube]:
+    """The e2e cluster (see the module docstring for where it comes from)."""
+    helm_home = tmp_path_factory.mktemp("helm")
+    image = os.environ.get("KMS_E2E_IMAGE", "kms-operator:dev")
+    repository, _, tag = image.rpartition(":")
     if os.environ.get("KMS_E2E_USE_KUBECONFIG") == "1":
         path = Path(os.environ.get("KUBECONFIG") or Path.home() / ".kube" / "config")
         if not path.is_file():
-            pytest.fail(f"KMS_E2E_USE_KUBECONFIG=1 but kubeconfig {path} does not exist")
-        yield path
-        return
-    problem = _docker_problem()
-    if problem is None and shutil.which("kind") is None:
-        problem = "kind is not on PATH"
-    if problem is not None:
-        pytest.skip(
-            f"no e2e cluster: {problem}; install docker and kind, or set "
-            "KMS_E2E_USE_KUBECONFIG=1 to use the cluster of $KUBECONFIG"
+            pytest.fail(
+                f"KMS_E2E_USE_KUBECONFIG=1 but kubeconfig {path} does not exist", pytrace=False
+            )
+        yield Kube(
+            path, repository, tag, os.environ.get("KMS_E2E_PULL_POLICY", "IfNotPresent"), helm_home
         )
-    path, name, created = _kind_kubeconfig(tmp_path_factory.mktemp("e2e"))
-    yield path
-    if created and os.environ.get("KMS_E2E_DELETE_CLUSTER") == "1":
-        _run("kind", "delete", "cluster", "--name", name, timeout=300)
+        return
+    from kms_operator.devcluster import DevCluster
 
-
-@pytest.fixture(scope="session")
-def e2e_api(e2e_kubeconfig: Path) -> Iterator[client.ApiClient]:
-    """An ``ApiClient`` for the e2e cluster."""
-    configuration = client.Configuration()
-    config.load_kube_config(config_file=str(e2e_kubeconfig), client_configuration=configuration)
-    api = client.ApiClient(configuration)
+    archive = Path(
+        os.environ.get("KMS_E2E_IMAGE_ARCHIVE", ROOT / ".envtest" / "image" / "kms-operator.tar")
+    )
+    if not archive.is_file():
+        pytest.fail(
+            f"image archive {archive} missing: run `make image` (or make e2e)", pytrace=False
+        )
+    cluster = DevCluster(images=[archive])
     try:
-        yield api
+        cluster.start()
+    except Exception as exc:
+        pytest.fail(f"the dev cluster did not start: {exc}", pytrace=False)
+    print(f"\ndev cluster up in {cluster.timings.get('total')}s: {cluster.timings}")
+    try:
+        yield Kube(
+            cluster.kubeconfig,
+            repository,
+            tag,
+            "Never",
+            helm_home,
+            diagnostics=_diagnostics_of(cluster),
+        )
     finally:
-        api.close()
+        cluster.stop()
