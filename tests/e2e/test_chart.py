@@ -46,7 +46,7 @@ def _values(kube: Kube, *extra: str) -> list[str]:
         f"image.tag={kube.image_tag}",
         f"image.pullPolicy={kube.pull_policy}",
         f"developmentOnly.daySeconds={DAY_SECONDS}",
-        f"api.tokenAudiences={{{scenarios.AUDIENCE}}}",
+        f"api.tokenAudience={scenarios.AUDIENCE}",
         *extra,
     ]
     return [arg for value in sets for arg in ("--set", value)]
