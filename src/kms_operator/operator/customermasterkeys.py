@@ -840,15 +840,20 @@ async def _recreate_once(runtime: Runtime, body: dict[str, Any], fresh: dict[str
 # -- admission (optional: the operator works without it) ----------------------------------
 
 
-# The id is the keyword under which Kopf hands the index to other handlers.
-@kopf.index(GROUP, VERSION, CMK_PLURAL, id="cmk_aliases", registry=registry)
-def cmk_aliases(
-    namespace: str | None, name: str | None, spec: kopf.Spec, meta: kopf.Meta, **_: Any
-) -> dict[tuple[str | None, str], str | None]:
-    """Every live object's aliases, so admission sees clashes across the namespace."""
-    if meta.get("deletionTimestamp"):
-        return {}
-    return {(namespace, alias): name for alias in spec.get("aliases") or ()}
+def alias_owners(service: KeyService, namespace: str, aliases: Any) -> dict[str, set[str]]:
+    """Which key object holds each alias in the store (the store decides who keeps one).
+
+    Not a Kopf index: Kopf holds every handler until an index has seen all objects, while the
+    objects waiting for that hold the worker slots, so more objects at start than
+    ``--max-workers`` stopped the operator for good.
+    """
+    owners: dict[str, set[str]] = {}
+    for alias in aliases or ():
+        try:
+            owners[alias] = {service.resolve(namespace, str(alias)).name}
+        except KmsError:
+            owners[alias] = set()
+    return owners
 
 
 def admission_problem(
@@ -909,16 +914,15 @@ def admission_problem(
 def validate(**kwargs: Any) -> None:
     old, new, namespace = kwargs["old"], kwargs["new"], kwargs["namespace"]
     try:
-        index: kopf.Index[tuple[str | None, str], str | None] = kwargs["cmk_aliases"]
+        runtime: Runtime = kwargs["memo"].runtime
         body = new if new is not None else old
         aliases = (body or {}).get("spec", {}).get("aliases") or ()
-        owners = {a: {str(n) for n in index.get((namespace, a), [])} for a in aliases}
+        owners = alias_owners(runtime.service, namespace, aliases)
         operation = kwargs.get("operation") or ""
         terminating = False
         labels = ((old or {}).get("metadata") or {}).get("labels") or {}
         if operation == "DELETE" and labels.get(DEFAULT_LABEL) == "true":
             # Only then is the namespace looked up (a sync handler: Kopf runs it in a thread).
-            runtime: Runtime = kwargs["memo"].runtime
             info = runtime.objects.namespace_info(namespace)
             terminating = info is None or info.terminating
         problem = admission_problem(operation, old, new, owners, namespace_terminating=terminating)
