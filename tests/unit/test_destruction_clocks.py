@@ -12,7 +12,7 @@ import math
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -76,6 +76,34 @@ def test_a_forward_step_of_the_wall_clock_destroys_nothing(
     destroyed = service.destroy_if_due(key.key_id)
     assert destroyed is not None and destroyed.state is KeyState.DESTROYED
     assert destroyed.destroyed_at == pending.deletion_date + 400 * DAY  # type: ignore[operator]
+
+
+class _RunningClock(ManualClock):
+    """Time passes between readings, as on a real machine: each wall-clock read moves both
+    clocks by a microsecond."""
+
+    def now(self) -> datetime:
+        return self.advance(US)
+
+
+def test_the_scheduler_finds_a_key_due_although_time_runs_between_readings(
+    store: SqliteKeyStore,
+) -> None:
+    clock = _RunningClock()
+    service = KeyService(store, clock=clock, timescale=REAL_DAY)
+    key = service.create_key(NS, "orders")
+    service.schedule_deletion(key.key_id, 7)
+    clock.advance(7 * DAY)
+    for _ in range(100):  # the scheduler's loop: read now, then the deadline, act if due
+        now = clock.now()
+        deadline = service.next_deadline(key.key_id)
+        assert deadline is not None
+        if deadline <= now:
+            break
+        clock.advance(deadline - now)
+    else:
+        pytest.fail(f"never due: the deadline stays after now ({deadline} > {now})")
+    assert service.destroy_if_due(key.key_id) is not None
 
 
 def test_a_backward_step_waits_for_the_wall_clock_too(

@@ -110,12 +110,17 @@ class ElapsedTime:
         return now >= record.deletion_date and self._left_us(record) <= 0
 
     def destruction_date(self, record: KeyRecord, now: datetime) -> datetime:
-        """The wall-clock date at which both will have passed: the later of ``deletion_date``
-        and now plus what is left of the window on elapsed time."""
+        """The wall-clock date at which both will have passed: ``deletion_date``, or now plus
+        what is left of the window on elapsed time if that is later.
+
+        Once the window has passed on elapsed time it is ``deletion_date`` itself, never "now":
+        a caller comparing it with a ``now`` read a moment earlier must find it due.
+        """
         assert record.deletion_date is not None
-        return max(
-            record.deletion_date, now + timedelta(microseconds=max(0, self._left_us(record)))
-        )
+        left = self._left_us(record)
+        if left <= 0:
+            return record.deletion_date
+        return max(record.deletion_date, now + timedelta(microseconds=left))
 
     def _left_us(self, record: KeyRecord) -> int:
         assert record.deletion_date is not None
