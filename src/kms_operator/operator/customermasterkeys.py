@@ -324,23 +324,27 @@ def _bind_or_create(
 def report_detached(objects: Objects, records: list[KeyRecord]) -> None:
     """A Warning Event (``KeyWithoutObject``) and a log line for each detached key."""
     for record in records:
-        message = detached_message(record)
-        log.warning("detached: %s/%s: %s", record.namespace, record.name, message)
-        try:
-            objects.post_event(
-                record.namespace,
-                record.name,
-                None,
-                type_="Warning",
-                reason=conditions.KEY_WITHOUT_OBJECT,
-                message=message,
-            )
-        except Exception as exc:
-            log.warning(
-                "could not post the KeyWithoutObject Event of key %s (%s)",
-                record.key_id,
-                describe_error(exc),
-            )
+        _report_key_without_object(objects, record, detached_message(record))
+
+
+def _report_key_without_object(objects: Objects, record: KeyRecord, message: str) -> None:
+    """A log line and, best effort, a ``KeyWithoutObject`` Warning on the key's name."""
+    log.warning("key without object: %s/%s: %s", record.namespace, record.name, message)
+    try:
+        objects.post_event(
+            record.namespace,
+            record.name,
+            None,
+            type_="Warning",
+            reason=conditions.KEY_WITHOUT_OBJECT,
+            message=message,
+        )
+    except Exception as exc:
+        log.warning(
+            "could not post the KeyWithoutObject Event of key %s (%s)",
+            record.key_id,
+            describe_error(exc),
+        )
 
 
 def detached_message(record: KeyRecord) -> str:
@@ -1048,18 +1052,5 @@ def report_keys_without_objects(runtime: Runtime) -> int:
                 f"name and the annotation {KEY_ID_ANNOTATION}={record.key_id}"
             )
         missing += 1
-        log.warning("drift: %s/%s: %s", record.namespace, record.name, message)
-        try:
-            objects.post_event(
-                record.namespace,
-                record.name,
-                None,
-                type_="Warning",
-                reason=conditions.KEY_WITHOUT_OBJECT,
-                message=message,
-            )
-        except Exception as exc:
-            log.warning(
-                "could not post the drift event for %s (%s)", record.key_id, describe_error(exc)
-            )
+        _report_key_without_object(objects, record, message)
     return missing
