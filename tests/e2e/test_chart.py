@@ -23,6 +23,8 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from tests.e2e import scenarios
 from tests.e2e.kube import Kube, wait_for
 
+from kms_operator.keys.service import DEFAULT_PENDING_WINDOW_DAYS
+
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "kms-operator"
 EXAMPLES = ROOT / "manifests" / "examples"
@@ -320,10 +322,12 @@ def test_namespace_deletion_schedules_its_keys_and_a_new_namespace_gets_new_keys
     namespace = kube.get("namespace", DOOMED)
     assert namespace is not None and namespace["status"]["phase"] == "Terminating"
 
+    # The default key keeps the default window (30 days), the user key its 7: the namespace
+    # goes once the longer one has passed.
     wait_for(
         f"namespace {DOOMED} gone once its keys are destroyed",
         lambda: kube.get("namespace", DOOMED) is None,
-        timeout=7 * DAY_SECONDS + 240,
+        timeout=DEFAULT_PENDING_WINDOW_DAYS * DAY_SECONDS + 240,
     )
 
     kube.create_namespace(DOOMED, restricted=True)
