@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from datetime import UTC, datetime
+
+from kms_operator.timestamps import log_time
 
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "time": log_time(record.created),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),

@@ -12,9 +12,11 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from kms_operator.contract import TOKEN_AUDIENCE
+
 #: The audience of the KMS's ServiceAccount tokens (DESIGN.md section 6): a token made for the
 #: Kubernetes API server (or anything else) is refused.
-DEFAULT_TOKEN_AUDIENCE = "kms.cmk.dev"  # noqa: S105 - an audience name, not a secret
+DEFAULT_TOKEN_AUDIENCE = TOKEN_AUDIENCE
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 import yaml
 
+from kms_operator.contract import WEBHOOK_CONFIGURATION
 from kms_operator.controlplane import LocalControlPlane
-from kms_operator.operator.registries import WEBHOOK_CONFIGURATION
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from tests.integration.operator_fixtures import wait_for
 
-from kms_operator.operator.registries import WEBHOOK_CONFIGURATION
+from kms_operator.contract import WEBHOOK_CONFIGURATION
 
 
 @contextlib.contextmanager

@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from kms_operator.cli import operator_cli
-from kms_operator.operator.registries import WEBHOOK_CONFIGURATION
+from kms_operator.contract import WEBHOOK_CONFIGURATION
 from kms_operator.store.rootkey import load_root_key_file
 
 pytestmark = pytest.mark.unit

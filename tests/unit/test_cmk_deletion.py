@@ -22,19 +22,20 @@ from typing import Any
 import pytest
 from tests.support.clocks import ManualClock
 
+from kms_operator.contract import KEY_ID_ANNOTATION
+from kms_operator.contract import SCHEDULED_DELETION_FINALIZER as FINALIZER
 from kms_operator.keys.service import KeyService
 from kms_operator.kube.client import ConnectionParameters
 from kms_operator.kube.objects import NamespaceInfo
 from kms_operator.operator import conditions
 from kms_operator.operator.customermasterkeys import (
-    KEY_ID_ANNOTATION,
     CustomerMasterKeySpec,
     _bind_or_create,
     handle_deletion,
     report_keys_without_objects,
 )
 from kms_operator.operator.runtime import Runtime
-from kms_operator.operator.scheduling import FINALIZER, Backoff
+from kms_operator.operator.scheduling import Backoff
 from kms_operator.settings import Settings
 from kms_operator.store.records import KeyState
 

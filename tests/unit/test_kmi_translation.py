@@ -35,9 +35,7 @@ from kms_operator.operator.keymaterialimports import (
     next_step,
     not_own_key,
     parameters_fields,
-    parse_time,
     settled,
-    timestamp,
     waiting_message,
 )
 from kms_operator.store.records import (
@@ -47,6 +45,7 @@ from kms_operator.store.records import (
     VersionRecord,
     VersionState,
 )
+from kms_operator.timestamps import parse_rfc3339, rfc3339
 
 pytestmark = pytest.mark.unit
 
@@ -74,7 +73,7 @@ def _status(
     if token:
         raw["importToken"] = token
     if expire_at:
-        raw["parametersExpireAt"] = timestamp(expire_at)
+        raw["parametersExpireAt"] = rfc3339(expire_at)
     if key_version is not None:
         raw["keyVersion"] = key_version
     if reason:
@@ -144,13 +143,13 @@ def test_the_waiting_message_offers_both_ways_to_hand_material_over() -> None:
 
 def test_times_are_exact_and_round_trip() -> None:
     moment = NOW + timedelta(microseconds=123456)
-    assert timestamp(moment) == "2026-11-29T12:00:00.123456Z"
-    assert parse_time(timestamp(moment)) == moment
-    assert parse_time("2026-11-29T13:00:00+01:00") == NOW
-    assert parse_time(None) is None
+    assert rfc3339(moment) == "2026-11-29T12:00:00.123456Z"
+    assert parse_rfc3339(rfc3339(moment)) == moment
+    assert parse_rfc3339("2026-11-29T13:00:00+01:00") == NOW
+    assert parse_rfc3339(None) is None
     for bad in ("tomorrow", "2026-11-29T12:00:00"):
         with pytest.raises(ValueError):
-            parse_time(bad)
+            parse_rfc3339(bad)
 
 
 def test_status_parse_reads_ready_and_dates() -> None:
@@ -307,13 +306,13 @@ def test_parameters_fields_and_waiting_status() -> None:
     assert status["phase"] == "WaitingForMaterial"
     assert status["importToken"] == "kmsit1_tok"
     assert status["wrappingPublicKey"].startswith("-----BEGIN PUBLIC KEY-----")
-    assert status["parametersExpireAt"] == timestamp(LATER)
+    assert status["parametersExpireAt"] == rfc3339(LATER)
     assert status["keyId"] == str(KEY_ID) and status["observedGeneration"] == 4
     (ready,) = status["conditions"]
     assert ready["reason"] == "WaitingForMaterial" and ready["status"] == "False"
     expected = [
         *("32 bytes", "RSAES_OAEP_SHA_256", "RSA_2048", "Secret", "namespace ns"),
-        *("spec.encryptedKeyMaterialSecretRef", "spec.importToken", timestamp(LATER)),
+        *("spec.encryptedKeyMaterialSecretRef", "spec.importToken", rfc3339(LATER)),
     ]
     for words in expected:
         assert words in message

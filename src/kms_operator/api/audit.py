@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from kms_operator.timestamps import log_time
+
 _quote = json.encoder.encode_basestring
-_second: list[object] = [None, ""]
 
 #: Longest text kept in one audit field (a Kubernetes object name's limit).
 MAX_FIELD_CHARS = 253
@@ -34,14 +35,6 @@ def bounded(value: str | None) -> str | None:
     if value is None or len(value) <= MAX_FIELD_CHARS:
         return value
     return value[:MAX_FIELD_CHARS] + TRUNCATED_MARKER
-
-
-def timestamp(now: float) -> str:
-    """RFC 3339 UTC with milliseconds (``2026-01-01T12:00:00.123Z``), cheap per call."""
-    whole = int(now)
-    if _second[0] != whole:
-        _second[0], _second[1] = whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
-    return f"{_second[1]}.{int((now - whole) * 1000):03d}Z"
 
 
 @dataclass(slots=True)
@@ -65,7 +58,7 @@ class AuditRecord:
         # Built by hand (strings escaped by the json module's C encoder): this runs on every
         # call, before the answer, and is twice as fast as encoding a dict.
         line = (
-            f'{{"time":"{timestamp(time.time() if now is None else now)}"'
+            f'{{"time":"{log_time(time.time() if now is None else now)}"'
             f',"requestId":{_text(self.request_id)}'
             f',"caller":{_text(self.caller)}'
             f',"operation":{_text(self.operation)}'

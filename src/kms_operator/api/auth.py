@@ -36,6 +36,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar, Protocol, TypeVar
 
+from kms_operator.contract import CMK_PLURAL, GROUP
 from kms_operator.errors import AccessDenied, KmsError, Unauthenticated
 from kms_operator.kube.reviews import AccessDecision, UserInfo
 
@@ -43,8 +44,8 @@ from .caching import SingleFlight, TtlCache
 
 log = logging.getLogger(__name__)
 
-API_GROUP = "kms.cmk.dev"
-RESOURCE = "customermasterkeys"
+API_GROUP = GROUP
+RESOURCE = CMK_PLURAL
 
 #: Longest bearer token sent to TokenReview (ServiceAccount tokens are about 1 KiB).
 MAX_TOKEN_CHARS = 8 * 1024

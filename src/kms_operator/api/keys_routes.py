@@ -7,21 +7,16 @@ status does not already publish.
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from aiohttp import web
 
 from kms_operator.store.records import KeyRecord
+from kms_operator.timestamps import rfc3339_or_none
 
 from . import calls
 from .calls import Answer, Call
 from .crypto_routes import ALIAS_PREFIX, KEY_PREFIX
 
 VERB_GET = "get"
-
-
-def _time(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat().replace("+00:00", "Z")
 
 
 def describe(record: KeyRecord) -> Answer:
@@ -37,24 +32,24 @@ def describe(record: KeyRecord) -> Answer:
         "enabled": record.enabled,
         "aliases": list(record.aliases),
         "default": record.is_default,
-        "createdAt": _time(record.created_at),
+        "createdAt": rfc3339_or_none(record.created_at),
         "currentVersion": record.current_version,
         "versions": [
             {
                 "version": v.version,
-                "createdAt": _time(v.created_at),
+                "createdAt": rfc3339_or_none(v.created_at),
                 "state": v.state.value,
-                "importedAt": _time(v.imported_at),
-                "expiresAt": _time(v.expires_at),
+                "importedAt": rfc3339_or_none(v.imported_at),
+                "expiresAt": rfc3339_or_none(v.expires_at),
             }
             for v in record.versions
         ],
         "rotation": {
             "periodDays": record.rotation_period_days,
-            "lastRotatedAt": _time(record.last_rotated_at),
-            "nextRotationAt": _time(record.next_rotation_at),
+            "lastRotatedAt": rfc3339_or_none(record.last_rotated_at),
+            "nextRotationAt": rfc3339_or_none(record.next_rotation_at),
         },
-        "deletionDate": _time(record.deletion_date),
+        "deletionDate": rfc3339_or_none(record.deletion_date),
     }
 
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from kms_operator.contract import CMK_PLURAL, GROUP
 from kms_operator.keys.service import KeyService
 from kms_operator.kube import reviews
 from kms_operator.kube.reviews import ApiClient
@@ -175,8 +176,8 @@ def build_auth(settings: Settings, api_client: ApiClient | None) -> Auth:
             api_client,
             user,
             verb=verb,
-            group="kms.cmk.dev",
-            resource="customermasterkeys",
+            group=GROUP,
+            resource=CMK_PLURAL,
             namespace=namespace,
             name=name,
         )

@@ -38,6 +38,12 @@ from typing import Any, BinaryIO, NoReturn, TypeVar
 
 import click
 
+from kms_operator.contract import (
+    CANCEL_DELETION_ANNOTATION,
+    PROJECTED_TOKEN_PATH,
+    ROTATE_ANNOTATION,
+    TOKEN_AUDIENCE,
+)
 from kms_operator.kube import reviews
 from kms_operator.kube.client import load_api_client
 from kms_operator.kube.objects import Objects
@@ -46,9 +52,9 @@ DEFAULT_SERVER = "https://kms-operator.kms-system.svc:8443"
 MOUNTED_CA = Path("/var/run/kms-operator/ca.crt")
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 #: The audience of the KMS's tokens (``kms-operator run --token-audience``).
-DEFAULT_AUDIENCE = "kms.cmk.dev"
+DEFAULT_AUDIENCE = TOKEN_AUDIENCE
 #: Where a pod mounts its projected ServiceAccount token for the KMS (see the README).
-PROJECTED_TOKEN = Path("/var/run/secrets/kms.cmk.dev/token")
+PROJECTED_TOKEN = Path(PROJECTED_TOKEN_PATH)
 #: Lifetime asked for a minted token (the API server's minimum is 10 minutes).
 MINTED_TOKEN_SECONDS = 600
 
@@ -534,9 +540,6 @@ def describe_key(namespace: str | None, key: str, **conn: Any) -> None:
 
 
 # -- key lifecycle through the Kubernetes API (the custom resources, not the data plane) ----
-
-ROTATE_ANNOTATION = "kms.cmk.dev/rotate"
-CANCEL_DELETION_ANNOTATION = "kms.cmk.dev/cancel-deletion"
 
 
 def _cmk_objects(kubeconfig: Path | None) -> Objects:

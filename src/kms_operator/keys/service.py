@@ -47,6 +47,7 @@ from kms_operator.store.records import (
     VersionRecord,
     VersionState,
 )
+from kms_operator.timestamps import rfc3339
 
 from .clock import Clock, SystemClock, Timescale
 from .elapsed import ElapsedTime
@@ -627,7 +628,7 @@ class KeyService:
             now = self.clock.now()
             if now >= params.expires_at:
                 raise ExpiredImportToken(
-                    f"the import parameters expired at {params.expires_at.isoformat()}; "
+                    f"the import parameters expired at {rfc3339(params.expires_at)}; "
                     "request new ones"
                 )
             if valid_to is not None and not (

@@ -14,10 +14,9 @@ from typing import Any, cast
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from .objects import GROUP, VERSION, Objects, post_event
+from kms_operator.contract import GROUP, KMI_KIND, KMI_PLURAL, VERSION
 
-KMI_PLURAL = "keymaterialimports"
-KMI_KIND = "KeyMaterialImport"
+from .objects import Objects, post_event
 
 Body = dict[str, Any]
 

@@ -9,14 +9,8 @@ from typing import Any, cast
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from kms_operator.contract import API_VERSION, CMK_KIND, CMK_PLURAL, GROUP, MANAGED_BY, VERSION
 from kms_operator.errors import KmsError
-
-GROUP = "kms.cmk.dev"
-VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
-CMK_PLURAL = "customermasterkeys"
-CMK_KIND = "CustomerMasterKey"
-COMPONENT = "kms-operator"
 
 Body = dict[str, Any]
 
@@ -210,10 +204,10 @@ def post_event(
         type=type_,
         reason=reason,
         message=message[:1024],
-        source=client.V1EventSource(component=COMPONENT),
+        source=client.V1EventSource(component=MANAGED_BY),
         first_timestamp=now,
         last_timestamp=now,
         count=1,
-        reporting_component=COMPONENT,
+        reporting_component=MANAGED_BY,
     )
     core.create_namespaced_event(namespace, event)

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from kms_operator.timestamps import rfc3339
+
 READY = "Ready"
 SYNCED = "Synced"  # the spec was applied to the store as written
 ALIAS_CONFLICT = "AliasConflict"
@@ -76,16 +78,8 @@ def merge_conditions(
             "lastTransitionTime": (
                 before["lastTransitionTime"]
                 if unchanged and before is not None and before.get("lastTransitionTime")
-                else _rfc3339(now)
+                else rfc3339(now)
             ),
             **({"observedGeneration": generation} if generation is not None else {}),
         }
     return list(merged.values())
-
-
-def _rfc3339(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def rfc3339(moment: datetime | None) -> str | None:
-    return None if moment is None else _rfc3339(moment)

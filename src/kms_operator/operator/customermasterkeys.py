@@ -26,6 +26,20 @@ from typing import Any, Literal
 
 import kopf
 
+from kms_operator.contract import (
+    API_VERSION,
+    CANCEL_DELETION_ANNOTATION,
+    CMK_KIND,
+    CMK_PLURAL,
+    DEFAULT_LABEL,
+    GROUP,
+    KEY_ID_ANNOTATION,
+    KOPF_PREFIX,
+    ROTATE_ANNOTATION,
+    SCHEDULED_DELETION_FINALIZER,
+    VERSION,
+    WEBHOOK_CONFIGURATION,
+)
 from kms_operator.errors import (
     AliasConflict,
     DefaultKeyProtected,
@@ -39,31 +53,17 @@ from kms_operator.keys.service import (
     DEFAULT_PENDING_WINDOW_DAYS,
     KeyService,
 )
-from kms_operator.kube.objects import (
-    API_VERSION,
-    CMK_KIND,
-    CMK_PLURAL,
-    GROUP,
-    VERSION,
-    NamespaceInfo,
-    Objects,
-)
+from kms_operator.kube.objects import NamespaceInfo, Objects
 from kms_operator.store.records import KeyRecord, KeyState, Origin
+from kms_operator.timestamps import rfc3339_or_none
 
 from . import conditions, statuses
 from .conditions import Condition
-from .registries import KOPF_PREFIX, WEBHOOK_CONFIGURATION, registry
+from .registries import registry
 from .runtime import Runtime
-from .scheduling import FINALIZER
 
 log = logging.getLogger(__name__)
 
-ROTATE_ANNOTATION = "kms.cmk.dev/rotate"
-CANCEL_DELETION_ANNOTATION = "kms.cmk.dev/cancel-deletion"
-DEFAULT_LABEL = "kms.cmk.dev/default"
-#: On an object the operator recreates (cancelled deletion, refused default-key deletion), and
-#: for users re-binding a kept key to a new object: the key id the object takes over.
-KEY_ID_ANNOTATION = "kms.cmk.dev/key-id"
 #: Polls (0.1 s apart) for a released object to disappear before it is created again.
 _GONE_POLLS = 100
 
@@ -138,8 +138,8 @@ async def _reconcile(body: kopf.Body, patch: kopf.Patch, runtime: Runtime, *, ro
     problems: list[tuple[str, str]] = []
 
     finalizers = list(body.metadata.get("finalizers") or [])
-    if FINALIZER not in finalizers:
-        patch.metadata["finalizers"] = [*finalizers, FINALIZER]
+    if SCHEDULED_DELETION_FINALIZER not in finalizers:
+        patch.metadata["finalizers"] = [*finalizers, SCHEDULED_DELETION_FINALIZER]
 
     info = await asyncio.to_thread(runtime.objects.namespace_info, namespace)
     if info is None:
@@ -349,7 +349,7 @@ def _report_key_without_object(objects: Objects, record: KeyRecord, message: str
 
 def detached_message(record: KeyRecord) -> str:
     schedule = (
-        f"it is destroyed at {conditions.rfc3339(record.deletion_date)}"
+        f"it is destroyed at {rfc3339_or_none(record.deletion_date)}"
         if record.deletion_date is not None
         else "no deletion is scheduled"
     )
@@ -522,7 +522,7 @@ async def deletion(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
 
     Kopf does not retry event handlers: :func:`handle_deletion` retries itself.
     """
-    if not body.meta.get("deletionTimestamp") or FINALIZER not in (
+    if not body.meta.get("deletionTimestamp") or SCHEDULED_DELETION_FINALIZER not in (
         body.meta.get("finalizers") or []
     ):
         return
@@ -554,7 +554,7 @@ async def handle_deletion(runtime: Runtime, body: dict[str, Any]) -> None:
             if (
                 current is None
                 or current["metadata"].get("uid") != uid
-                or FINALIZER not in (current["metadata"].get("finalizers") or [])
+                or SCHEDULED_DELETION_FINALIZER not in (current["metadata"].get("finalizers") or [])
             ):
                 return  # released or replaced meanwhile: nothing left to do
             body = current
@@ -576,7 +576,7 @@ def _handle_deletion(runtime: Runtime, body: dict[str, Any]) -> dict[str, Any] |
     record = binding.record
     if record is None:
         # Destroyed already, never created, or another object's key: nothing to protect here.
-        objects.remove_finalizer(body, FINALIZER)
+        objects.remove_finalizer(body, SCHEDULED_DELETION_FINALIZER)
         return None
     annotations = meta.get("annotations") or {}
     if record.is_default and not info.terminating:
@@ -637,7 +637,7 @@ def _schedule(
     record = service.schedule_deletion(
         record.key_id, pending_window_days, namespace_terminating=namespace_terminating
     )
-    date = conditions.rfc3339(record.deletion_date)
+    date = rfc3339_or_none(record.deletion_date)
     if namespace_terminating:
         why = (
             f"namespace {record.namespace} is being deleted: "
@@ -808,8 +808,8 @@ async def _recreate_once(runtime: Runtime, body: dict[str, Any], fresh: dict[str
             break
         if current["metadata"].get("uid") != old_uid:
             return  # created again already (by an earlier attempt)
-        if FINALIZER in (current["metadata"].get("finalizers") or []):
-            await asyncio.to_thread(objects.remove_finalizer, current, FINALIZER)
+        if SCHEDULED_DELETION_FINALIZER in (current["metadata"].get("finalizers") or []):
+            await asyncio.to_thread(objects.remove_finalizer, current, SCHEDULED_DELETION_FINALIZER)
             continue
         await runtime.backoff.sleep(0.1)
     else:

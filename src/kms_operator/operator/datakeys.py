@@ -46,6 +46,25 @@ from typing import Any, TypeVar
 import kopf
 
 from kms_operator.api.audit import AuditRecord
+from kms_operator.contract import (
+    API_VERSION,
+    CMK_KIND,
+    CONTEXT_ANNOTATION,
+    DATAKEY_CONTEXT,
+    DATAKEY_LABEL,
+    DEFAULT_LABEL,
+    DK_KIND,
+    DK_PLURAL,
+    GROUP,
+    KEY_ID_ANNOTATION,
+    KEY_VERSION_ANNOTATION,
+    MANAGED_BY,
+    NAMESPACE_CONTEXT,
+    SECRET_CIPHERTEXT_KEY,
+    SECRET_PLAINTEXT_KEY,
+    SECRET_TYPE,
+    VERSION,
+)
 from kms_operator.crypto import blob as blobs
 from kms_operator.errors import InvalidCiphertext, KeyStateError, KmsError, NotFound
 from kms_operator.keys.service import (
@@ -56,29 +75,17 @@ from kms_operator.keys.service import (
     ReEncryptResult,
     refuse_state,
 )
-from kms_operator.kube.objects import API_VERSION, CMK_KIND, GROUP, VERSION, NamespaceInfo
+from kms_operator.kube.objects import NamespaceInfo
 from kms_operator.kube.secrets import SecretRaced, Secrets, SecretWriteFailed
 from kms_operator.store.records import KeyRecord, KeyState
 
 from . import conditions
 from .conditions import Condition
-from .customermasterkeys import DEFAULT_LABEL
 from .registries import registry
 from .runtime import Runtime
 
 log = logging.getLogger(__name__)
 
-DK_PLURAL = "datakeys"
-DK_KIND = "DataKey"
-SECRET_TYPE = "kms.cmk.dev/data-key"  # noqa: S105 - a name, not a secret
-CIPHERTEXT = "ciphertext"
-PLAINTEXT = "plaintext"
-DATAKEY_LABEL = "kms.cmk.dev/datakey"
-KEY_ID_ANNOTATION = "kms.cmk.dev/key-id"
-KEY_VERSION_ANNOTATION = "kms.cmk.dev/key-version"
-CONTEXT_ANNOTATION = "kms.cmk.dev/encryption-context"
-NAMESPACE_CONTEXT = "kms.cmk.dev/namespace"
-DATAKEY_CONTEXT = "kms.cmk.dev/datakey"
 DEFAULT_SERVICE = "datakeys"
 DEFAULT_KEY_NAME = f"kms-default-{DEFAULT_SERVICE}"
 DEFAULT_KEY_ALIAS = f"{DEFAULT_ALIAS_PREFIX}{DEFAULT_SERVICE}"
@@ -231,9 +238,9 @@ def desired_secret(
     """The Secret as it must be (cert-manager style: built from inputs, then applied)."""
     spec = view.spec
     context = encryption_context(view.namespace, view.name, spec.encryption_context)
-    data = {CIPHERTEXT: _b64(ciphertext)}
+    data = {SECRET_CIPHERTEXT_KEY: _b64(ciphertext)}
     if spec.include_plaintext and plaintext is not None:
-        data[PLAINTEXT] = _b64(plaintext)
+        data[SECRET_PLAINTEXT_KEY] = _b64(plaintext)
     return {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -296,7 +303,7 @@ def ciphertext_of(secret: Mapping[str, Any] | None) -> bytes | None:
     """The blob under ``ciphertext``; None when absent or empty; b"" when not base64."""
     if secret is None:
         return None
-    raw = (secret.get("data") or {}).get(CIPHERTEXT)
+    raw = (secret.get("data") or {}).get(SECRET_CIPHERTEXT_KEY)
     if not raw:
         return None
     try:
@@ -313,7 +320,7 @@ def default_key_object(namespace: str) -> dict[str, Any]:
         "metadata": {
             "name": DEFAULT_KEY_NAME,
             "namespace": namespace,
-            "labels": {DEFAULT_LABEL: "true", "app.kubernetes.io/managed-by": "kms-operator"},
+            "labels": {DEFAULT_LABEL: "true", "app.kubernetes.io/managed-by": MANAGED_BY},
         },
         "spec": {
             "description": (

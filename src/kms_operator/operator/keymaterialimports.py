@@ -32,11 +32,12 @@ import re
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import kopf
 
+from kms_operator.contract import GROUP, KMI_PLURAL, VERSION
 from kms_operator.crypto.wrapping import WrappingAlgorithm, WrappingKeySpec
 from kms_operator.errors import (
     DefaultKeyProtected,
@@ -49,9 +50,9 @@ from kms_operator.errors import (
     NotFound,
 )
 from kms_operator.keys.service import MATERIAL_SIZE
-from kms_operator.kube.imports import KMI_PLURAL, Conflict, Imports, SecretValueMissing
-from kms_operator.kube.objects import GROUP, VERSION
+from kms_operator.kube.imports import Conflict, Imports, SecretValueMissing
 from kms_operator.store.records import ImportParameters, KeyRecord, KeyState, Origin, VersionState
+from kms_operator.timestamps import parse_rfc3339, rfc3339, rfc3339_or_none
 
 from . import conditions
 from .conditions import Condition
@@ -192,7 +193,7 @@ class ImportStatus:
             (c for c in status.get("conditions") or () if c.get("type") == conditions.READY), {}
         )
         try:
-            expire_at = parse_time(status.get("parametersExpireAt"))
+            expire_at = parse_rfc3339(status.get("parametersExpireAt"))
         except ValueError:
             expire_at = None
         version = status.get("keyVersion")
@@ -215,21 +216,6 @@ class ImportStatus:
 
     def parameters_expired(self, now: datetime) -> bool:
         return self.parameters_expire_at is not None and now >= self.parameters_expire_at
-
-
-def parse_time(value: str | None) -> datetime | None:
-    """An RFC 3339 date-time (``Z`` or an offset) as aware UTC; ValueError when malformed."""
-    if not value:
-        return None
-    moment = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
-    if moment.tzinfo is None:
-        raise ValueError(f"{value!r} has no time zone")
-    return moment.astimezone(UTC)
-
-
-def timestamp(moment: datetime) -> str:
-    """Exact (microseconds): expiry decisions are read back from it."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 # -- decisions (pure) ----------------------------------------------------------------------
@@ -303,7 +289,7 @@ def key_problem(record: KeyRecord | None, namespace: str, name: str) -> KeyProbl
     if record.state is KeyState.PENDING_DELETION:
         return KeyProblem(
             KEY_PENDING_DELETION,
-            f"{where} is pending deletion (at {conditions.rfc3339(record.deletion_date)}): "
+            f"{where} is pending deletion (at {rfc3339_or_none(record.deletion_date)}): "
             "no material is imported unless the deletion is cancelled; retrying",
             retry=True,
         )
@@ -322,7 +308,7 @@ def waiting_message(
         f"in a Secret in namespace {namespace} (kubectl create secret generic <name> "
         "--from-file=encryptedKeyMaterial=wrapped.bin) named by "
         "spec.encryptedKeyMaterialSecretRef.name (and .key if not encryptedKeyMaterial), before "
-        f"{timestamp(params_expire_at) if params_expire_at else 'the parameters expire'}"
+        f"{rfc3339(params_expire_at) if params_expire_at else 'the parameters expire'}"
     )
 
 
@@ -353,7 +339,7 @@ def parameters_fields(params: ImportParameters) -> dict[str, Any]:
         "keyId": str(params.key_id),
         "wrappingPublicKey": params.public_key_pem,
         "importToken": params.token,
-        "parametersExpireAt": timestamp(params.expires_at),
+        "parametersExpireAt": rfc3339(params.expires_at),
     }
 
 
@@ -385,7 +371,7 @@ def failure_of(exc: KmsError, valid_to: str | None) -> tuple[str, str, str]:
 
 def parameters_expired_message(expire_at: datetime) -> str:
     return (
-        f"the wrapping public key and import token expired at {timestamp(expire_at)} before "
+        f"the wrapping public key and import token expired at {rfc3339(expire_at)} before "
         f"the material was handed over: {RECREATE_HINT}"
     )
 
@@ -415,7 +401,7 @@ def expiry_due(
         return (
             MATERIAL_EXPIRED,
             f"the material of key version {status.key_version} reached its validTo "
-            f"{timestamp(valid_to)} and is deleted: the key cannot decrypt what this version "
+            f"{rfc3339(valid_to)} and is deleted: the key cannot decrypt what this version "
             "encrypted until the same material is imported again (a new KeyMaterialImport)",
         )
     if not material_present:
@@ -586,7 +572,7 @@ async def _import(
     token = spec.import_token or status.import_token
     assert token is not None
     try:
-        valid_to = parse_time(spec.valid_to)
+        valid_to = parse_rfc3339(spec.valid_to)
     except ValueError:
         message = f"spec.validTo {spec.valid_to!r} is not an RFC 3339 date-time"
         return _not_ready(FAILED, INVALID_REQUEST, message)
@@ -627,7 +613,7 @@ async def _import(
     message = (
         f"material imported into key {updated.namespace}/{updated.name} ({updated.key_id}) "
         f"version {version}; "
-        + (f"it expires at {timestamp(expires)}" if expires else "it does not expire")
+        + (f"it expires at {rfc3339(expires)}" if expires else "it does not expire")
     )
     await asyncio.to_thread(
         _publish_key,
@@ -747,7 +733,7 @@ def _expire_if_due(runtime: Runtime, body: dict[str, Any]) -> float:
         else:
             # The store's timer dropped the material and its date with it.
             try:
-                valid_to = parse_time((body.get("spec") or {}).get("validTo"))
+                valid_to = parse_rfc3339((body.get("spec") or {}).get("validTo"))
             except ValueError:
                 valid_to = None
     now = service.clock.now()

@@ -11,18 +11,13 @@ from typing import Any
 import kopf
 
 from kms_operator.api.tls import ServingTls
+from kms_operator.contract import KOPF_FINALIZER, KOPF_PREFIX, WEBHOOK_CONFIGURATION
 from kms_operator.kube.client import ConnectionParameters
-from kms_operator.kube.objects import GROUP
 from kms_operator.settings import Settings
 
 from .scheduling import Backoff
 
 log = logging.getLogger(__name__)
-
-KOPF_PREFIX = f"kopf.{GROUP}"
-#: The ValidatingWebhookConfiguration the chart creates (webhook.enabled) and the operator
-#: fills in; the chart's RBAC lets the operator patch this one only.
-WEBHOOK_CONFIGURATION = GROUP
 
 registry = kopf.OperatorRegistry()
 
@@ -112,7 +107,7 @@ def operator_settings(
     settings = kopf.OperatorSettings()
     # Our prefix everywhere (DESIGN.md section 7): Kopf's own finalizer is never added since
     # no deletion handler is registered, but it must not use Kopf's name if it ever is.
-    settings.persistence.finalizer = "kms.cmk.dev/kopf-finalizer"
+    settings.persistence.finalizer = KOPF_FINALIZER
     # A sub-domain, not GROUP itself: Kopf leaves every annotation under its storage prefix
     # out of the diff, and our users' kms.cmk.dev/rotate must count as a change.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_PREFIX)

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from kms_operator.contract import SCHEDULED_DELETION_FINALIZER
 from kms_operator.errors import KmsError
 from kms_operator.keys.service import KeyService
 from kms_operator.kube.objects import Objects
@@ -27,8 +28,6 @@ from kms_operator.store.records import KeyRecord, KeyState
 from . import conditions, statuses
 
 log = logging.getLogger(__name__)
-
-FINALIZER = "kms.cmk.dev/scheduled-deletion"
 
 
 @dataclass(frozen=True)
@@ -172,7 +171,7 @@ class DeadlineScheduler:
                 and body["metadata"].get("deletionTimestamp")
                 and object_uid in (None, body["metadata"].get("uid"))
             ):
-                self._objects.remove_finalizer(body, FINALIZER)
+                self._objects.remove_finalizer(body, SCHEDULED_DELETION_FINALIZER)
             self._unreleased.discard((namespace, name, object_uid))
         except Exception:
             log.exception("could not release %s/%s; retrying", namespace, name)

@@ -7,9 +7,10 @@ from datetime import datetime
 from typing import Any
 
 from kms_operator.store.records import KeyRecord, KeyState, Origin
+from kms_operator.timestamps import rfc3339, rfc3339_or_none
 
 from . import conditions
-from .conditions import Condition, rfc3339
+from .conditions import Condition
 
 _READY_REASONS = {
     KeyState.ENABLED: conditions.ENABLED,
@@ -26,7 +27,7 @@ def ready_condition(record: KeyRecord) -> Condition:
     if state is KeyState.ENABLED:
         message = f"key {record.key_id} version {record.current_version} is enabled"
     elif state is KeyState.PENDING_DELETION:
-        message = f"the key will be destroyed at {rfc3339(record.deletion_date)}"
+        message = f"the key will be destroyed at {rfc3339_or_none(record.deletion_date)}"
     else:
         message = f"the key is {state}: cryptographic operations are refused"
     return Condition(conditions.READY, state is KeyState.ENABLED, _READY_REASONS[state], message)
@@ -48,14 +49,18 @@ def key_status(
         "alias": record.aliases[0] if record.aliases else None,
         "currentVersion": record.current_version,
         "versions": [
-            {"version": v.version, "createdAt": rfc3339(v.created_at), "state": v.state.value}
+            {
+                "version": v.version,
+                "createdAt": rfc3339(v.created_at),
+                "state": v.state.value,
+            }
             for v in record.versions
         ],
         "rotation": {
-            "lastRotatedAt": rfc3339(record.last_rotated_at),
-            "nextRotationAt": rfc3339(record.next_rotation_at),
+            "lastRotatedAt": rfc3339_or_none(record.last_rotated_at),
+            "nextRotationAt": rfc3339_or_none(record.next_rotation_at),
         },
-        "deletionDate": rfc3339(record.deletion_date),
+        "deletionDate": rfc3339_or_none(record.deletion_date),
         "default": record.is_default,
         "conditions": merge_conditions_for(
             record, existing_conditions, extra_conditions, generation, now
@@ -64,8 +69,8 @@ def key_status(
     if record.origin is Origin.EXTERNAL:
         status["material"] = {
             "state": current.state.value,
-            "importedAt": rfc3339(current.imported_at),
-            "expiresAt": rfc3339(current.expires_at),
+            "importedAt": rfc3339_or_none(current.imported_at),
+            "expiresAt": rfc3339_or_none(current.expires_at),
         }
     if generation is not None:
         status["observedGeneration"] = generation
