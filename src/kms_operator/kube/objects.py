@@ -178,8 +178,24 @@ class Objects:
         message: str,
     ) -> None:
         """An Event on a CustomerMasterKey (which may no longer exist: drift reports)."""
+        self.post_event_on(
+            CMK_KIND, namespace, name, uid, type_=type_, reason=reason, message=message
+        )
+
+    def post_event_on(
+        self,
+        kind: str,
+        namespace: str,
+        name: str,
+        uid: str | None,
+        *,
+        type_: str,
+        reason: str,
+        message: str,
+    ) -> None:
+        """An Event on one of our objects of ``kind``."""
         post_event(
-            self._core, CMK_KIND, namespace, name, uid, type_=type_, reason=reason, message=message
+            self._core, kind, namespace, name, uid, type_=type_, reason=reason, message=message
         )
 
 

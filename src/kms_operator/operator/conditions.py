@@ -83,3 +83,8 @@ def merge_conditions(
             **({"observedGeneration": generation} if generation is not None else {}),
         }
     return list(merged.values())
+
+
+def find_condition(existing: Iterable[Mapping[str, Any]] | None, type_: str) -> Mapping[str, Any]:
+    """The condition of ``type_`` in a ``status.conditions`` list; ``{}`` when there is none."""
+    return next((c for c in existing or () if c.get("type") == type_), {})
