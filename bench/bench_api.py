@@ -33,14 +33,14 @@ from pathlib import Path
 
 from aiohttp import web
 
-from kms_operator.api import tls
 from kms_operator.api.app import create_app
-from kms_operator.api.audit import FileAuditSink
 from kms_operator.api.auth import SubjectAccessReviewAuthorizer, TokenReviewAuthenticator
 from kms_operator.crypto import blob as blobs
 from kms_operator.crypto import primitives
 from kms_operator.keys.service import KeyService
 from kms_operator.kube.reviews import AccessDecision, UserInfo
+from kms_operator.serving import tls
+from kms_operator.serving.audit import FileAuditSink
 from kms_operator.settings import Settings
 from kms_operator.store.rootkey import load_root_key_file
 from kms_operator.store.sqlite import SqliteKeyStore

@@ -1,6 +1,6 @@
 """Throw-away X.509: an EC P-256 CA and the leaf certificates it signs.
 
-Shared by the API's generated serving certificate (:mod:`kms_operator.api.tls`) and the local
+Shared by the generated serving certificate (:mod:`kms_operator.serving.tls`) and the local
 control plane's PKI (:mod:`kms_operator.controlplane`). Not key material of the KMS.
 """
 

@@ -11,10 +11,10 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from kms_operator.api.app import create_app
-from kms_operator.api.audit import AuditRecord
 from kms_operator.api.auth import StaticTokens
 from kms_operator.keys.service import KeyService
 from kms_operator.kube.reviews import UserInfo
+from kms_operator.serving.audit import AuditRecord
 
 pytestmark = pytest.mark.unit
 

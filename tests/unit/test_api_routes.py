@@ -19,11 +19,11 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from kms_operator.api.app import create_app, state_of
-from kms_operator.api.audit import AuditRecord
 from kms_operator.api.auth import ReviewsBusy, StaticTokens
 from kms_operator.errors import AccessDenied, InvalidCiphertext
 from kms_operator.keys.service import KeyService
 from kms_operator.kube.reviews import UserInfo
+from kms_operator.serving.audit import AuditRecord
 from kms_operator.store.records import KeyRecord, Origin
 
 pytestmark = pytest.mark.unit

@@ -16,9 +16,9 @@ import pytest
 from cryptography import x509
 
 from kms_operator.api import server as server_module
-from kms_operator.api import tls
-from kms_operator.api.audit import AuditRecord, FileAuditSink
 from kms_operator.keys.service import KeyService
+from kms_operator.serving import tls
+from kms_operator.serving.audit import AuditRecord, FileAuditSink
 from kms_operator.settings import Settings
 
 pytestmark = pytest.mark.unit

@@ -15,7 +15,6 @@ from typing import Any, cast
 
 import pytest
 
-from kms_operator.api.audit import AuditRecord
 from kms_operator.keys.service import KeyService
 from kms_operator.kube.objects import NamespaceInfo
 from kms_operator.operator import datakeys
@@ -27,6 +26,7 @@ from kms_operator.operator.datakeys import (
     reconcile,
 )
 from kms_operator.operator.runtime import Runtime
+from kms_operator.serving.audit import AuditRecord
 from kms_operator.settings import Settings
 
 pytestmark = pytest.mark.unit

@@ -1,6 +1,6 @@
 """``kms-operator run`` settings from flags and ``KMS_*`` variables: what is refused at start.
 
-The operator itself is replaced (``runner.run`` records the settings it would run with), so
+The operator itself is replaced (``running.run`` records the settings it would run with), so
 these tests exercise click's parsing and :class:`~kms_operator.settings.Settings` only.
 """
 
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.unit
 @pytest.fixture
 def started(monkeypatch: pytest.MonkeyPatch) -> list[Settings]:
     runs: list[Settings] = []
-    monkeypatch.setattr(operator_cli.runner, "run", runs.append)
+    monkeypatch.setattr(operator_cli.running, "run", runs.append)
     return runs
 
 

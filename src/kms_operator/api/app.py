@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from aiohttp import web
 
 from kms_operator.keys.service import KeyService
+from kms_operator.serving.audit import AuditSink
 
 from . import crypto_routes, health, keys_routes, openapi
-from .audit import AuditSink
 from .auth import Authenticator, Authorizer
 from .calls import NO_ROUTE, STATE, ApiState, ReadinessCheck, no_route
 from .metrics import ApiMetrics

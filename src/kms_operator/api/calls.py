@@ -41,9 +41,9 @@ from kms_operator.errors import (
 )
 from kms_operator.keys.service import ALIAS_PREFIX, KeyService
 from kms_operator.kube.reviews import UserInfo
+from kms_operator.serving.audit import AuditRecord, AuditSink, bounded
 from kms_operator.store.records import KeyRecord
 
-from .audit import AuditRecord, AuditSink, bounded
 from .auth import Authenticator, Authorizer, bearer_token
 from .metrics import ApiMetrics
 

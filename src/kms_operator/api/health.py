@@ -15,7 +15,8 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
-from .audit import bounded
+from kms_operator.serving.audit import bounded
+
 from .calls import STATE, ReadinessCheck
 from .metrics import CONTENT_TYPE
 

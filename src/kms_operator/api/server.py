@@ -1,7 +1,8 @@
-"""Starting and stopping the API inside the operator's asyncio loop.
+"""Starting and stopping the API inside the asyncio loop of ``kms-operator run``.
 
-``kms-operator run`` calls :func:`start_api_server` once the store is open, then
-:meth:`ApiServer.mark_ready` once the cache is warm, and :meth:`ApiServer.stop` on shutdown.
+The composition root (:mod:`kms_operator.cli.running`) calls :func:`start_api_server` once the
+store is open, then :meth:`ApiServer.mark_ready` once the cache is warm, and
+:meth:`ApiServer.stop` on shutdown.
 
 Slow clients are cut off after ``settings.request_timeout_seconds`` (T) at every stage, so a
 connection costs the server a bounded time whatever the client does:
@@ -32,9 +33,9 @@ from kms_operator.contract import CMK_PLURAL, GROUP
 from kms_operator.keys.service import KeyService
 from kms_operator.kube import reviews
 from kms_operator.kube.reviews import ApiClient
+from kms_operator.serving import audit, tls
 from kms_operator.settings import Settings
 
-from . import audit, tls
 from .app import create_app
 from .auth import (
     Authenticator,

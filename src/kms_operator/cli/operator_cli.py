@@ -20,12 +20,12 @@ from pathlib import Path
 
 import click
 
+from kms_operator.cli import running
 from kms_operator.controlplane import LocalControlPlane
 from kms_operator.errors import KmsError
 from kms_operator.kube.client import load_api_client
 from kms_operator.kube.crds import apply_crds, ensure_namespace
 from kms_operator.logs import configure_logging
-from kms_operator.operator import runner
 from kms_operator.settings import Settings
 from kms_operator.store.rootkey import load_root_key_file
 from kms_operator.store.sqlite import SqliteKeyStore, restore_store
@@ -170,7 +170,7 @@ def run(cluster: str, local_dir: Path, crds_dir: Path, **options: object) -> Non
     configure_logging(settings.log_format, settings.log_level)
     try:
         with _cluster(settings, cluster, local_dir, crds_dir) as effective:
-            runner.run(effective)
+            running.run(effective)
     except KmsError as exc:
         raise click.ClickException(exc.message) from None
 

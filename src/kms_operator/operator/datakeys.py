@@ -45,7 +45,6 @@ from typing import Any, TypeVar
 
 import kopf
 
-from kms_operator.api.audit import AuditRecord
 from kms_operator.contract import (
     API_VERSION,
     CMK_KIND,
@@ -77,6 +76,7 @@ from kms_operator.keys.service import (
 )
 from kms_operator.kube.objects import NamespaceInfo
 from kms_operator.kube.secrets import SecretRaced, Secrets, SecretWriteFailed
+from kms_operator.serving.audit import AuditRecord
 from kms_operator.store.records import KeyRecord, KeyState
 
 from . import conditions

@@ -10,9 +10,9 @@ from typing import Any
 
 import kopf
 
-from kms_operator.api.tls import ServingTls
 from kms_operator.contract import KOPF_FINALIZER, KOPF_PREFIX, WEBHOOK_CONFIGURATION
 from kms_operator.kube.client import ConnectionParameters
+from kms_operator.serving.tls import ServingTls
 from kms_operator.settings import Settings
 
 from .scheduling import Backoff

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from kms_operator.api.audit import AuditSink
 from kms_operator.keys.service import KeyService
 from kms_operator.kube.client import ConnectionParameters
 from kms_operator.kube.objects import Objects
+from kms_operator.serving.audit import AuditSink
 from kms_operator.settings import Settings
 
 from .scheduling import Backoff, DeadlineScheduler

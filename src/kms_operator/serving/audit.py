@@ -1,4 +1,5 @@
-"""The audit trail: one JSON line per API call, written before the answer leaves (fail-closed).
+"""The audit trail: one JSON line per call (the API's calls, the operator's DataKey
+operations), written before the answer leaves (fail-closed).
 
 A line says who called (user name), what (operation), on which key (namespace, name, id,
 version; the source key too for re-encrypt), the outcome (``allowed``, ``denied`` for
@@ -7,8 +8,8 @@ code, and from where. It never holds plaintext, blobs, tokens or encryption-cont
 Every text field is bounded (:func:`bounded`: at most :data:`MAX_FIELD_CHARS` characters, then
 a marker), so a caller cannot make a line long, with or without a token.
 
-If a line cannot be written the caller gets a 500 instead of the result
-(:mod:`.calls` does that); the sinks therefore raise instead of swallowing errors.
+If a line cannot be written the result is not used (the API answers 500 instead, in
+:mod:`kms_operator.api.calls`); the sinks therefore raise instead of swallowing errors.
 """
 
 from __future__ import annotations
