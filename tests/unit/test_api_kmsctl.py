@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from kms_operator.api.server import ApiServer, start_api_server
-from kms_operator.cli import kmsctl
+from kms_operator.cli import connection
 from kms_operator.cli.kmsctl import main
 from kms_operator.errors import InvalidCiphertext
 from kms_operator.keys.service import KeyService
@@ -195,11 +195,11 @@ NO_TOKEN_ENV = {"KMS_TOKEN": "", "KMS_TOKEN_FILE": "", "KMS_SERVICE_ACCOUNT": ""
 async def test_the_projected_token_is_read_when_no_token_is_given(
     cli: Cli, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert Path("/var/run/secrets/kms.cmk.dev/token") == kmsctl.PROJECTED_TOKEN
+    assert Path("/var/run/secrets/kms.cmk.dev/token") == connection.PROJECTED_TOKEN
     projected = cli.tmp / "projected" / "token"
     projected.parent.mkdir()
     projected.write_text(TOKEN + "\n")
-    monkeypatch.setattr(kmsctl, "PROJECTED_TOKEN", projected)
+    monkeypatch.setattr(connection, "PROJECTED_TOKEN", projected)
     result = await cli.run(
         "random", "--number-of-bytes", "4", *_connection_args(cli), env=NO_TOKEN_ENV, auth=False
     )
@@ -212,8 +212,8 @@ async def test_the_pods_api_server_token_is_never_sent(
     service_account = cli.tmp / "serviceaccount"
     service_account.mkdir()
     (service_account / "token").write_text(TOKEN)  # would be accepted if it were sent
-    monkeypatch.setattr(kmsctl, "SERVICE_ACCOUNT_DIR", service_account)
-    monkeypatch.setattr(kmsctl, "PROJECTED_TOKEN", cli.tmp / "absent" / "token")
+    monkeypatch.setattr(connection, "SERVICE_ACCOUNT_DIR", service_account)
+    monkeypatch.setattr(connection, "PROJECTED_TOKEN", cli.tmp / "absent" / "token")
     result = await cli.run(
         "random", "--number-of-bytes", "4", *_connection_args(cli), env=NO_TOKEN_ENV, auth=False
     )
@@ -243,8 +243,10 @@ async def test_service_account_mints_a_token_for_the_kms_audience(
     kubeconfig = cli.tmp / "kubeconfig"
     kubeconfig.write_text("apiVersion: v1\nkind: Config\n")
     loaded: list[Path | None] = []
-    monkeypatch.setattr(kmsctl, "load_api_client", lambda path: loaded.append(path) or FakeClient())
-    monkeypatch.setattr(kmsctl.reviews, "request_token", request_token)
+    monkeypatch.setattr(
+        connection, "load_api_client", lambda path: loaded.append(path) or FakeClient()
+    )
+    monkeypatch.setattr(connection.reviews, "request_token", request_token)
     args = [*_connection_args(cli), "--kubeconfig", str(kubeconfig)]
     result = await cli.run(
         "random", "--number-of-bytes", "4", "--service-account", "dev/app", *args,
