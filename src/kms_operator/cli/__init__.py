@@ -1,1 +1,2 @@
-"""Command-line entry points: ``kms-operator`` (the operator and its API) and ``kmsctl``."""
+"""Command-line entry points: ``kms-operator`` (its ``run`` wires the front ends over one key
+service in :mod:`.running`, the composition root) and ``kmsctl``."""
