@@ -1,6 +1,6 @@
 """Apply N CustomerMasterKeys and time until every one is Ready; report the operator's peak RSS.
 
-Runs a real kube-apiserver and etcd (``kms_operator.controlplane``) and the real
+Runs a real kube-apiserver and etcd (``kms_operator.devcluster.controlplane``) and the real
 ``kms-operator run`` process. Not a test: it prints numbers.
 
     python bench/bench_operator.py [--count 1000] [--workers 20]
@@ -23,7 +23,7 @@ from pathlib import Path
 
 from kubernetes import client
 
-from kms_operator.controlplane import LocalControlPlane
+from kms_operator.devcluster.controlplane import LocalControlPlane
 from kms_operator.kube.client import load_api_client
 from kms_operator.kube.crds import apply_crds, ensure_namespace
 

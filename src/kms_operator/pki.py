@@ -1,7 +1,8 @@
 """Throw-away X.509: an EC P-256 CA and the leaf certificates it signs.
 
 Shared by the generated serving certificate (:mod:`kms_operator.serving.tls`) and the local
-control plane's PKI (:mod:`kms_operator.controlplane`). Not key material of the KMS.
+control plane's credentials (:mod:`kms_operator.devcluster.credentials`). Not key material of
+the KMS.
 """
 
 from __future__ import annotations

@@ -6,11 +6,11 @@ Where the cluster comes from:
    is: kind, or any cluster. The image must be there already: ``KMS_E2E_IMAGE`` names it
    (default ``kms-operator:dev``; with kind, ``kind load docker-image kms-operator:dev``) and
    ``KMS_E2E_PULL_POLICY`` its pull policy (default ``IfNotPresent``).
-2. Otherwise a :class:`kms_operator.devcluster.DevCluster` on this machine (root needed): the
-   control plane of ``hack/controlplane/ensure.sh``, the node of ``hack/node/ensure.sh`` and
-   the image archive of ``hack/image/build.sh`` (``KMS_E2E_IMAGE_ARCHIVE``, default
-   ``.envtest/image/kms-operator.tar``), loaded into the node; pull policy ``Never``, so no
-   registry is ever asked. ``make e2e`` builds all three first.
+2. Otherwise a :class:`kms_operator.devcluster.cluster.DevCluster` on this machine (root
+   needed): the control plane of ``hack/controlplane/ensure.sh``, the node of
+   ``hack/node/ensure.sh`` and the image archive of ``hack/image/build.sh``
+   (``KMS_E2E_IMAGE_ARCHIVE``, default ``.envtest/image/kms-operator.tar``), loaded into the
+   node; pull policy ``Never``, so no registry is ever asked. ``make e2e`` builds all three first.
 
 The tier never skips: a missing piece fails with what to run. kubectl and helm come from
 ``KUBEBUILDER_ASSETS`` / ``.envtest/bin``, else PATH. Every test under tests/e2e is marked
@@ -62,7 +62,7 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kube]:
             path, repository, tag, os.environ.get("KMS_E2E_PULL_POLICY", "IfNotPresent"), helm_home
         )
         return
-    from kms_operator.devcluster import DevCluster
+    from kms_operator.devcluster.cluster import DevCluster
 
     archive = Path(
         os.environ.get("KMS_E2E_IMAGE_ARCHIVE", ROOT / ".envtest" / "image" / "kms-operator.tar")

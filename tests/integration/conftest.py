@@ -1,4 +1,5 @@
-"""Fixtures for integration tests: a real kube-apiserver + etcd (see kms_operator.controlplane).
+"""Fixtures for integration tests: a real kube-apiserver + etcd
+(see :mod:`kms_operator.devcluster.controlplane`).
 
 - ``control_plane`` (session): a started :class:`LocalControlPlane`. It never skips: missing
   binaries or a server that does not start fail the test with the reason. Build the binaries
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client, config
 
-from kms_operator.controlplane import ControlPlaneError, LocalControlPlane
+from kms_operator.devcluster.controlplane import ControlPlaneError, LocalControlPlane
 
 _HERE = Path(__file__).resolve().parent
 

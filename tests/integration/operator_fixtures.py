@@ -24,7 +24,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from kms_operator.controlplane import LocalControlPlane
+from kms_operator.devcluster.controlplane import LocalControlPlane
 from kms_operator.kube.crds import apply_crds
 
 REPO = Path(__file__).resolve().parents[2]

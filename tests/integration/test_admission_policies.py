@@ -25,7 +25,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from tests.integration.operator_fixtures import wait_for
 
-from kms_operator.controlplane import LocalControlPlane
+from kms_operator.devcluster.controlplane import LocalControlPlane
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "kms-operator"

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from kms_operator.contract import WEBHOOK_CONFIGURATION
-from kms_operator.controlplane import LocalControlPlane
+from kms_operator.devcluster.controlplane import LocalControlPlane
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import pytest
 from kubernetes import client
 
-from kms_operator.controlplane import LocalControlPlane
+from kms_operator.devcluster.controlplane import LocalControlPlane
 
 pytestmark = pytest.mark.integration
 

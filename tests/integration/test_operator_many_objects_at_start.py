@@ -18,7 +18,7 @@ import pytest
 from kubernetes import client
 from tests.integration.operator_fixtures import Cmks, OperatorProcess, wait_for
 
-from kms_operator.controlplane import LocalControlPlane
+from kms_operator.devcluster.controlplane import LocalControlPlane
 
 COUNT = 12
 

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from kms_operator.controlplane import LocalControlPlane
+from kms_operator.devcluster.controlplane import LocalControlPlane
 
 
 def test_refuses_to_start_without_the_crds(tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ from tests.integration.webhooks import (
     webhooks,
 )
 
-from kms_operator.controlplane import LocalControlPlane
+from kms_operator.devcluster.controlplane import LocalControlPlane
 
 
 def _free_port() -> int:

@@ -21,7 +21,7 @@ from pathlib import Path
 import click
 
 from kms_operator.cli import running
-from kms_operator.controlplane import LocalControlPlane
+from kms_operator.devcluster.controlplane import LocalControlPlane
 from kms_operator.errors import KmsError
 from kms_operator.kube.client import load_api_client
 from kms_operator.kube.crds import apply_crds, ensure_namespace

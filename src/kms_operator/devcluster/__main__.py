@@ -4,16 +4,14 @@ Ctrl-C (or SIGTERM), stop everything. ``make cluster`` runs this after building 
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import threading
 from pathlib import Path
-from types import FrameType
 
-from kms_operator.controlplane import ControlPlaneError
 from kms_operator.devcluster.assets import NodeAssetsError
 from kms_operator.devcluster.cluster import DevCluster, DevClusterError
+from kms_operator.devcluster.controlplane import ControlPlaneError
 from kms_operator.devcluster.host import HostError
+from kms_operator.devcluster.processes import stop_requested
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,13 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=300.0, help="start timeout (seconds)")
     args = parser.parse_args(argv)
 
-    stopping = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stopping.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stopping = stop_requested()
     cluster = DevCluster(images=args.image, work_dir=args.work_dir, start_timeout=args.timeout)
     try:
         cluster.start()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from kms_operator.devcluster.host import run
 
-__all__ = ["PAUSE_IMAGE", "import_archive", "list_images", "write_pause_archive"]
+__all__ = ["PAUSE_IMAGE", "import_archive", "write_pause_archive"]
 
 #: The sandbox image of the local node (containerd's pinned ``sandbox`` image).
 PAUSE_IMAGE = "localhost/kms-pause:1"
@@ -72,10 +72,3 @@ def import_archive(ctr: Path, address: Path, archive: Path, *, pinned: bool = Fa
         argv += ["--label", "io.cri-containerd.pinned=pinned"]
     argv.append(str(archive))
     return run(*argv, timeout=600).stdout
-
-
-def list_images(ctr: Path, address: Path) -> list[str]:
-    out = run(
-        str(ctr), "--address", str(address), "--namespace", "k8s.io", "images", "list", "-q"
-    ).stdout
-    return [line.strip() for line in out.splitlines() if line.strip()]
