@@ -9,9 +9,10 @@ pure function of :mod:`.decisions` or :mod:`.desired`; each key service operatio
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +24,7 @@ from kms_operator.store.records import KeyRecord
 from ..outcomes import Notice, Outcome
 from ..runtime import Runtime
 from . import decisions
-from .audit import AuditedResult, AuditNotWritten, audited
+from .audit import AuditNotWritten, audited
 from .desired import (
     ciphertext_of,
     default_key_object,
@@ -202,18 +203,11 @@ def _context(view: DataKeyView) -> dict[str, str]:
     return encryption_context(view.namespace, view.name, view.spec.encryption_context)
 
 
-def _use(
-    runtime: Runtime,
-    view: DataKeyView,
-    operation: str,
-    key: KeyRecord | None,
-    call: Callable[[], AuditedResult],
-    *,
-    source: KeyRecord | None = None,
-) -> AuditedResult:
-    """One audited operation on ``key``; its refusal by state becomes :class:`_KeyRefused`."""
+@contextlib.contextmanager
+def _refusals_of(key: KeyRecord | None) -> Iterator[None]:
+    """A refusal by ``key``'s state, inside, becomes :class:`_KeyRefused` naming ``key``."""
     try:
-        return audited(runtime.audit, view, operation, key, call, source=source)
+        yield
     except KeyStateError as exc:
         assert key is not None  # only a key of this namespace refuses by its state
         raise _KeyRefused(key, exc) from None
@@ -221,19 +215,20 @@ def _use(
 
 def _generate(runtime: Runtime, view: DataKeyView, record: KeyRecord) -> _Sealed:
     spec = view.spec
-    generated = _use(
-        runtime,
-        view,
-        "generate-data-key",
-        record,
-        lambda: runtime.service.generate_data_key(
-            view.namespace,
-            record.key_id,
-            key_spec=spec.key_spec,
-            number_of_bytes=spec.number_of_bytes,
-            context=_context(view),
-        ),
-    )
+    with _refusals_of(record):
+        generated = audited(
+            runtime.audit,
+            view,
+            "generate-data-key",
+            record,
+            lambda: runtime.service.generate_data_key(
+                view.namespace,
+                record.key_id,
+                key_spec=spec.key_spec,
+                number_of_bytes=spec.number_of_bytes,
+                context=_context(view),
+            ),
+        )
     log.info(
         "DataKey %s/%s: generated a data key under key %s version %d",
         view.namespace,
@@ -253,11 +248,12 @@ def _decrypt(
 
     def call() -> DecryptResult:
         if owner is None:
-            raise InvalidCiphertext()
+            raise InvalidCiphertext()  # not a key of this namespace: audited, never decrypted
         return runtime.service.decrypt(blob, _context(view))
 
     try:
-        opened = _use(runtime, view, "decrypt", owner, call)
+        with _refusals_of(owner):
+            opened = audited(runtime.audit, view, "decrypt", owner, call)
     except InvalidCiphertext:
         return None
     return _Sealed(blob, opened.plaintext, opened.key_id, opened.key_version)
@@ -268,20 +264,21 @@ def _re_encrypt(
 ) -> _Sealed:
     """The same data key under ``record``'s current version."""
     context = _context(view)
-    moved = _use(
-        runtime,
-        view,
-        "re-encrypt",
-        record,
-        lambda: runtime.service.re_encrypt(
-            opened.ciphertext,
-            view.namespace,
-            record.key_id,
-            source_context=context,
-            destination_context=context,
-        ),
-        source=owner,
-    )
+    with _refusals_of(record):
+        moved = audited(
+            runtime.audit,
+            view,
+            "re-encrypt",
+            record,
+            lambda: runtime.service.re_encrypt(
+                opened.ciphertext,
+                view.namespace,
+                record.key_id,
+                source_context=context,
+                destination_context=context,
+            ),
+            source=owner,
+        )
     log.info(
         "DataKey %s/%s: re-encrypted from version %d to %d",
         view.namespace,

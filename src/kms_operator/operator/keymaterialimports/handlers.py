@@ -57,7 +57,8 @@ async def reconcile_handler(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo,
         raise kopf.TemporaryError(outcome.ready.message, delay=outcome.retry_after)
 
 
-def _expiry_watched(status: kopf.Status, spec: kopf.Spec, **_: Any) -> bool:
+def expiry_watched(status: kopf.Status, spec: kopf.Spec, **_: Any) -> bool:
+    """The daemon's filter: see :func:`.decisions.expiry_watched`."""
     return decisions.expiry_watched(ImportStatus.parse(status), valid_to=spec.get("validTo"))
 
 
@@ -67,7 +68,7 @@ def _expiry_watched(status: kopf.Status, spec: kopf.Spec, **_: Any) -> bool:
     KMI_PLURAL,
     id="kmi-expiry",
     registry=registry,
-    when=_expiry_watched,
+    when=expiry_watched,
     # Stopped (filter no longer true, object deleted) it exits at once on ``stopped``; only a
     # stuck API call is cancelled, after the back-off.
     cancellation_backoff=2.0,
