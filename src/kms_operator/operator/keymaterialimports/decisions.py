@@ -100,13 +100,12 @@ class Failure:
     def retry(self) -> bool:
         return self.retry_after is not None
 
-    def outcome(self, fields: Mapping[str, Any] | None = None) -> Outcome:
+    def outcome(self) -> Outcome:
         """Ready False, a Warning once per change, and ``Synced=False`` when refused."""
         synced = Condition(conditions.SYNCED, False, self.reason, _REFUSED)
         return import_outcome(
             self.phase,
             not_ready(self.reason, self.message),
-            fields=fields,
             extra_conditions=(synced,) if self.refused else (),
             notices=(Notice("Warning", self.reason, self.message, on_change=True),),
             retry_after=self.retry_after,
