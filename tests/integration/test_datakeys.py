@@ -28,7 +28,7 @@ from tests.integration.operator_fixtures import (
 
 from kms_operator.errors import InvalidCiphertext
 from kms_operator.keys.service import KeyService
-from kms_operator.operator import datakeys
+from kms_operator.operator.datakeys.audit import OPERATOR_CALLER
 from kms_operator.store.rootkey import load_root_key_file
 from kms_operator.store.sqlite import SqliteKeyStore
 
@@ -471,7 +471,7 @@ def test_every_data_key_operation_is_audited_naming_the_datakey(
     _ready_secret(cmks, dks, namespace, "audited", "audited-dek")
     key_id = cmks.status(namespace, "audited")["keyId"]
     generated = _wait_audit(operator_process, namespace, "audited-dek", "generate-data-key")
-    assert generated["caller"] == datakeys.OPERATOR_CALLER == "system:kms-operator"
+    assert generated["caller"] == OPERATOR_CALLER == "system:kms-operator"
     assert (generated["outcome"], generated["namespace"], generated["keyName"]) == (
         "allowed",
         namespace,

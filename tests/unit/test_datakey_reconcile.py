@@ -17,14 +17,13 @@ import pytest
 
 from kms_operator.keys.service import KeyService
 from kms_operator.kube.objects import NamespaceInfo
-from kms_operator.operator import datakeys
-from kms_operator.operator.datakeys import (
-    DataKeyAuditRecord,
-    DataKeyView,
-    NamespaceUids,
-    Outcome,
-    reconcile,
-)
+from kms_operator.operator import outcomes
+from kms_operator.operator.datakeys import audit, decisions, namespaces, views
+from kms_operator.operator.datakeys.audit import DataKeyAuditRecord
+from kms_operator.operator.datakeys.decisions import Reconciliation
+from kms_operator.operator.datakeys.namespaces import NamespaceUids
+from kms_operator.operator.datakeys.reconciling import reconcile
+from kms_operator.operator.datakeys.views import DataKeyView
 from kms_operator.operator.runtime import Runtime
 from kms_operator.serving.audit import AuditRecord
 from kms_operator.settings import Settings
@@ -131,7 +130,7 @@ class World:
             }
         )
 
-    def reconcile(self, view: DataKeyView) -> Outcome:
+    def reconcile(self, view: DataKeyView) -> Reconciliation:
         return reconcile(self.runtime, cast(Any, self.secrets), self.namespaces, view)
 
     def secret(self, name: str = "dek", namespace: str = NS) -> dict[str, Any]:
@@ -166,18 +165,19 @@ def _context(name: str = "dek", namespace: str = NS) -> dict[str, str]:
 def test_a_blob_of_another_namespaces_key_is_invalid_ciphertext(world: World) -> None:
     own = _key(world.service)
     foreign = _key(world.service, "theirs", namespace=OTHER)
-    assert world.reconcile(world.view()).ready.status
+    assert world.reconcile(world.view()).outcome.ready.status
     # Someone with encrypt on a key of another namespace seals a blob with this DataKey's
     # context and puts it into the Secret.
     blob = world.service.encrypt(OTHER, "theirs", bytes(32), _context()).ciphertext_blob
     world.put_ciphertext(blob)
     writes = world.secrets.writes
 
-    outcome = world.reconcile(world.view(status={"keyVersion": 1}))
+    result = world.reconcile(world.view(status={"keyVersion": 1}))
+    outcome = result.outcome
 
     assert outcome.ready.reason == "InvalidCiphertext" and not outcome.ready.status
-    assert outcome.key_id == own != foreign
-    assert outcome.key_notices == []
+    assert outcome.fields["keyId"] == str(own) != str(foreign)
+    assert result.key_notices == ()
     assert world.secrets.writes == writes  # left as it is
     assert _data(world.secret(), "ciphertext") == blob
     assert str(foreign) not in outcome.ready.message
@@ -191,11 +191,11 @@ def test_a_refusing_key_of_another_namespace_gets_no_event(world: World) -> None
     world.service.set_enabled(foreign, False)
     world.put_ciphertext(blob)
 
-    outcome = world.reconcile(world.view(status={"keyVersion": 1}))
+    result = world.reconcile(world.view(status={"keyVersion": 1}))
 
-    assert outcome.ready.reason == "InvalidCiphertext"  # not KeyDisabled of someone else's key
-    assert outcome.key_id != foreign
-    assert outcome.key_notices == []
+    assert result.outcome.ready.reason == "InvalidCiphertext"  # not KeyDisabled of theirs
+    assert result.outcome.fields["keyId"] != str(foreign)
+    assert result.key_notices == ()
 
 
 def test_a_refusing_key_of_its_own_namespace_is_reported_on_the_key(world: World) -> None:
@@ -203,10 +203,10 @@ def test_a_refusing_key_of_its_own_namespace_is_reported_on_the_key(world: World
     world.reconcile(world.view())
     world.service.set_enabled(own, False)
 
-    outcome = world.reconcile(world.view(status={"keyVersion": 1}))
+    result = world.reconcile(world.view(status={"keyVersion": 1}))
 
-    assert outcome.ready.reason == "KeyDisabled"
-    assert [(ns, name) for ns, name, _ in outcome.key_notices] == [(NS, "k")]
+    assert result.outcome.ready.reason == "KeyDisabled"
+    assert [(k.namespace, k.name) for k in result.key_notices] == [(NS, "k")]
 
 
 def test_a_blob_of_a_detached_key_is_invalid_ciphertext(world: World) -> None:
@@ -217,11 +217,11 @@ def test_a_blob_of_a_detached_key_is_invalid_ciphertext(world: World) -> None:
     world.reconcile(world.view())  # sees the namespace's UID: "old" is detached
     world.put_ciphertext(blob)
 
-    outcome = world.reconcile(world.view(status={"keyVersion": 1}))
+    result = world.reconcile(world.view(status={"keyVersion": 1}))
 
     assert world.service.get(old.key_id).is_detached
-    assert outcome.ready.reason == "InvalidCiphertext"
-    assert outcome.key_notices == []
+    assert result.outcome.ready.reason == "InvalidCiphertext"
+    assert result.key_notices == ()
 
 
 # -- item 1: a key of an earlier namespace of the same name is never used ------------------
@@ -231,9 +231,9 @@ def test_a_key_of_an_earlier_namespace_is_not_used(world: World) -> None:
     old = _key(world.service)
     world.objects.namespaces[NS] = NEW_NS_UID  # deleted and created again, same name
 
-    outcome = world.reconcile(world.view())
+    outcome = world.reconcile(world.view()).outcome
 
-    assert outcome.ready.reason == datakeys.KEY_NOT_FOUND
+    assert outcome.ready.reason == decisions.KEY_NOT_FOUND
     assert world.secrets.writes == 0
     assert world.service.get(old).is_detached
     assert world.sink.lines == []  # no key was used
@@ -242,18 +242,18 @@ def test_a_key_of_an_earlier_namespace_is_not_used(world: World) -> None:
 def test_the_default_key_of_an_earlier_namespace_is_not_used(world: World) -> None:
     world.service.create_key(
         NS,
-        datakeys.DEFAULT_KEY_NAME,
-        aliases=(datakeys.DEFAULT_KEY_ALIAS,),
-        default_service=datakeys.DEFAULT_SERVICE,
+        views.DEFAULT_KEY_NAME,
+        aliases=(views.DEFAULT_KEY_ALIAS,),
+        default_service=views.DEFAULT_SERVICE,
         namespace_uid=NS_UID,
         object_uid="o-default",
     )
     world.objects.namespaces[NS] = NEW_NS_UID
 
-    outcome = world.reconcile(world.view(spec={}))
+    outcome = world.reconcile(world.view(spec={})).outcome
 
-    assert outcome.ready.reason == datakeys.WAITING_FOR_DEFAULT_KEY
-    assert (NS, datakeys.DEFAULT_KEY_NAME) in world.objects.cmks  # a new object, bound by UID
+    assert outcome.ready.reason == decisions.WAITING_FOR_DEFAULT_KEY
+    assert (NS, views.DEFAULT_KEY_NAME) in world.objects.cmks  # a new object, bound by UID
     assert world.secrets.writes == 0
 
 
@@ -262,7 +262,7 @@ def test_the_namespace_uid_is_read_once_per_ttl(world: World) -> None:
     for _ in range(3):
         world.reconcile(world.view())
     assert world.objects.lookups == 1
-    world.clock[0] += datakeys.NAMESPACE_UID_TTL
+    world.clock[0] += namespaces.NAMESPACE_UID_TTL
     world.reconcile(world.view())
     assert world.objects.lookups == 2
 
@@ -290,9 +290,9 @@ def test_an_unreadable_namespace_is_retried(world: World) -> None:
         raise RuntimeError("API server down")
 
     world.namespaces = NamespaceUids(refuse)
-    outcome = world.reconcile(world.view())
-    assert outcome.ready.reason == datakeys.NAMESPACE_UNREADABLE
-    assert outcome.retry_after == datakeys.ERROR_RETRY
+    outcome = world.reconcile(world.view()).outcome
+    assert outcome.ready.reason == decisions.NAMESPACE_UNREADABLE
+    assert outcome.retry_after == outcomes.RETRY_DELAY
     assert world.secrets.writes == 0
 
 
@@ -301,11 +301,11 @@ def test_an_unreadable_namespace_is_retried(world: World) -> None:
 
 def test_generate_decrypt_and_re_encrypt_write_audit_lines(world: World) -> None:
     key_id = _key(world.service)
-    assert world.reconcile(world.view()).ready.status
+    assert world.reconcile(world.view()).outcome.ready.status
     plaintext = _data(world.secret(), "plaintext")
     world.reconcile(world.view(status={"keyVersion": 1}))  # a full check: decrypts
     world.service.rotate(key_id)
-    assert world.reconcile(world.view(status={"keyVersion": 1})).key_version == 2
+    assert world.reconcile(world.view(status={"keyVersion": 1})).outcome.fields["keyVersion"] == 2
 
     lines = world.sink.lines
     assert [(line["operation"], line["outcome"]) for line in lines] == [
@@ -315,7 +315,7 @@ def test_generate_decrypt_and_re_encrypt_write_audit_lines(world: World) -> None
         ("re-encrypt", "allowed"),
     ]
     for line in lines:
-        assert line["caller"] == datakeys.OPERATOR_CALLER
+        assert line["caller"] == audit.OPERATOR_CALLER
         assert line["dataKey"] == f"{NS}/dek"
         assert line["namespace"] == NS and line["keyName"] == "k"
         assert line["keyId"] == str(key_id)
@@ -333,7 +333,7 @@ def test_generate_decrypt_and_re_encrypt_write_audit_lines(world: World) -> None
 
 def test_a_refused_use_is_audited_too(world: World) -> None:
     key_id = _key(world.service, enabled=False)
-    outcome = world.reconcile(world.view())
+    outcome = world.reconcile(world.view()).outcome
     assert outcome.ready.reason == "KeyDisabled"
     assert [(x["operation"], x["outcome"], x["errorCode"]) for x in world.sink.lines] == [
         ("generate-data-key", "error", "KeyDisabled")
@@ -345,16 +345,16 @@ def test_an_unwritable_audit_line_means_no_data_key_is_delivered(world: World) -
     _key(world.service)
     world.sink.broken = True
 
-    outcome = world.reconcile(world.view())
+    outcome = world.reconcile(world.view()).outcome
 
-    assert outcome.ready.reason == datakeys.AUDIT_FAILED and not outcome.ready.status
-    assert outcome.retry_after == datakeys.ERROR_RETRY
+    assert outcome.ready.reason == decisions.AUDIT_FAILED and not outcome.ready.status
+    assert outcome.retry_after == outcomes.RETRY_DELAY
     assert world.secrets.writes == 0 and world.secrets.items == {}
-    assert [n.reason for n in outcome.notices] == [datakeys.AUDIT_FAILED]
+    assert [n.reason for n in outcome.notices] == [decisions.AUDIT_FAILED]
     assert "fail-closed" in outcome.ready.message
 
     world.sink.broken = False
-    assert world.reconcile(world.view()).ready.status  # the retry delivers it
+    assert world.reconcile(world.view()).outcome.ready.status  # the retry delivers it
 
 
 def test_an_unwritable_audit_line_stops_a_re_encryption(world: World) -> None:
@@ -364,9 +364,9 @@ def test_an_unwritable_audit_line_stops_a_re_encryption(world: World) -> None:
     world.service.rotate(key_id)
     world.sink.broken = True
 
-    outcome = world.reconcile(world.view(status={"keyVersion": 1}))
+    outcome = world.reconcile(world.view(status={"keyVersion": 1})).outcome
 
-    assert outcome.ready.reason == datakeys.AUDIT_FAILED
+    assert outcome.ready.reason == decisions.AUDIT_FAILED
     assert world.secret() == before
 
 
@@ -374,7 +374,7 @@ def test_audit_record_is_the_api_line_plus_the_data_key() -> None:
     record = DataKeyAuditRecord(
         "generate-data-key",
         "dk-1",
-        caller=datakeys.OPERATOR_CALLER,
+        caller=audit.OPERATOR_CALLER,
         namespace=NS,
         key_name="k",
         outcome="allowed",
@@ -383,7 +383,7 @@ def test_audit_record_is_the_api_line_plus_the_data_key() -> None:
     plain = AuditRecord(
         "generate-data-key",
         "dk-1",
-        caller=datakeys.OPERATOR_CALLER,
+        caller=audit.OPERATOR_CALLER,
         namespace=NS,
         key_name="k",
         outcome="allowed",

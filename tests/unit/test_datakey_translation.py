@@ -12,25 +12,22 @@ from typing import Any
 
 import pytest
 
-from kms_operator.operator import conditions, datakeys
+from kms_operator.operator import conditions
 from kms_operator.operator.conditions import Condition
-from kms_operator.operator.datakeys import (
-    DataKeySpec,
-    DataKeyView,
-    Notice,
-    Outcome,
+from kms_operator.operator.datakeys import decisions
+from kms_operator.operator.datakeys.decisions import bound_fields, datakey_status, needs_reconcile
+from kms_operator.operator.datakeys.desired import (
     ciphertext_of,
-    datakey_status,
     default_key_object,
     desired_secret,
     encryption_context,
     is_default_key_object,
     label_value,
-    needs_reconcile,
-    notices_to_post,
     owned_by,
     secret_update,
 )
+from kms_operator.operator.datakeys.views import DataKeySpec, DataKeyView
+from kms_operator.operator.outcomes import Notice, Outcome
 from kms_operator.store.records import KeyRecord, Origin, VersionRecord, VersionState
 
 pytestmark = pytest.mark.unit
@@ -248,7 +245,7 @@ def test_needs_reconcile_after_a_rotation_only() -> None:
     up_to_date = {
         "keyId": str(KEY_ID),
         "keyVersion": 2,
-        "conditions": [_ready(True, datakeys.SECRET_READY)],
+        "conditions": [_ready(True, decisions.SECRET_READY)],
     }
     assert not needs_reconcile(up_to_date, _record())
     assert needs_reconcile({**up_to_date, "keyVersion": 1}, _record())
@@ -267,7 +264,7 @@ def test_needs_reconcile_when_the_key_state_changes() -> None:
 
 
 def test_needs_reconcile_waits_for_a_missing_key_to_appear() -> None:
-    missing = {"conditions": [_ready(False, datakeys.KEY_NOT_FOUND)]}
+    missing = {"conditions": [_ready(False, decisions.KEY_NOT_FOUND)]}
     assert not needs_reconcile(missing, None)
     assert needs_reconcile(missing, _record())
     assert needs_reconcile({"conditions": [_ready(True, "SecretReady")]}, None)
@@ -278,7 +275,8 @@ def test_needs_reconcile_waits_for_a_missing_key_to_appear() -> None:
 
 def test_status_of_a_ready_data_key() -> None:
     outcome = Outcome(
-        Condition(conditions.READY, True, datakeys.SECRET_READY, "ok"), key_id=KEY_ID, key_version=2
+        Condition(conditions.READY, True, decisions.SECRET_READY, "ok"),
+        fields=bound_fields(KEY_ID, 2),
     )
     status = datakey_status(
         outcome, secret_name="dek", existing_conditions=None, generation=3, now=NOW
@@ -291,7 +289,9 @@ def test_status_of_a_ready_data_key() -> None:
 
 
 def test_status_of_a_refusal_leaves_the_version_alone() -> None:
-    outcome = Outcome(Condition(conditions.READY, False, "KeyDisabled", "off"), key_id=KEY_ID)
+    outcome = Outcome(
+        Condition(conditions.READY, False, "KeyDisabled", "off"), fields=bound_fields(KEY_ID)
+    )
     status = datakey_status(
         outcome, secret_name="dek", existing_conditions=None, generation=None, now=NOW
     )
@@ -303,11 +303,11 @@ def test_repeated_warnings_are_posted_once_per_change() -> None:
     warning = Notice("Warning", "KeyDisabled", "off", on_change=True)
     action = Notice("Normal", "ReEncrypted", "moved")
     outcome = Outcome(
-        Condition(conditions.READY, False, "KeyDisabled", "off"), notices=[warning, action]
+        Condition(conditions.READY, False, "KeyDisabled", "off"), notices=(warning, action)
     )
-    assert notices_to_post(outcome, _ready(True, "SecretReady")) == [warning, action]
-    assert notices_to_post(outcome, _ready(False, "KeyDisabled")) == [action]
-    assert notices_to_post(outcome, {}) == [warning, action]
+    assert outcome.notices_to_post(_ready(True, "SecretReady")) == [warning, action]
+    assert outcome.notices_to_post(_ready(False, "KeyDisabled")) == [action]
+    assert outcome.notices_to_post({}) == [warning, action]
 
 
 def test_no_plaintext_in_status_conditions_or_notices() -> None:
@@ -316,7 +316,8 @@ def test_no_plaintext_in_status_conditions_or_notices() -> None:
         view, ciphertext=BLOB, plaintext=PLAINTEXT, key_id=KEY_ID, key_version=1
     )
     outcome = Outcome(
-        Condition(conditions.READY, True, datakeys.SECRET_READY, "ok"), key_id=KEY_ID, key_version=1
+        Condition(conditions.READY, True, decisions.SECRET_READY, "ok"),
+        fields=bound_fields(KEY_ID, 1),
     )
     text = json.dumps(
         datakey_status(outcome, secret_name="dek", existing_conditions=None, generation=1, now=NOW)

@@ -15,7 +15,8 @@ import pytest
 from tests.support.importing import Importer
 
 from kms_operator.keys.service import KeyService
-from kms_operator.operator import keymaterialimports as kmi
+from kms_operator.operator.keymaterialimports import decisions as kmi
+from kms_operator.operator.keymaterialimports import deletion, importing
 from kms_operator.operator.runtime import Runtime
 from kms_operator.store.records import KeyState, Origin
 
@@ -25,6 +26,8 @@ NS = "team-a"
 
 
 class FakeImports:
+    """The KeyMaterialImport objects (``list_kmis``) and the Events posted on them."""
+
     def __init__(self) -> None:
         self.events: list[tuple[str, str, str]] = []
         self.items: list[dict[str, Any]] = []
@@ -32,24 +35,33 @@ class FakeImports:
     def list_kmis(self, namespace: str) -> list[dict[str, Any]]:
         return [i for i in self.items if i["metadata"]["namespace"] == namespace]
 
-    def post_event(
-        self, namespace: str, name: str, uid: str | None, *, type_: str, reason: str, message: str
+    def post_event_on(
+        self,
+        kind: str,
+        namespace: str,
+        name: str,
+        uid: str | None,
+        *,
+        type_: str,
+        reason: str,
+        message: str,
     ) -> None:
+        assert kind == "KeyMaterialImport"
         self.events.append((type_, reason, message))
 
 
 @pytest.fixture
 def imports(monkeypatch: pytest.MonkeyPatch) -> FakeImports:
     fake = FakeImports()
-    monkeypatch.setattr(kmi.Imports, "sharing", classmethod(lambda cls, objects: fake))
-    monkeypatch.setattr(kmi, "publish_key_change", lambda *args, **kwargs: None)
+    monkeypatch.setattr(deletion.Imports, "sharing", classmethod(lambda cls, objects: fake))
+    monkeypatch.setattr(importing, "publish_key_change", lambda *args, **kwargs: None)
     return fake
 
 
-def _runtime(service: KeyService) -> Runtime:
+def _runtime(service: KeyService, imports: FakeImports) -> Runtime:
     return Runtime(
         service=service,
-        objects=cast(Any, None),
+        objects=cast(Any, imports),
         scheduler=cast(Any, None),
         settings=cast(Any, None),
         connection=cast(Any, None),
@@ -83,7 +95,7 @@ def test_deleting_an_import_deletes_its_own_keys_material(
     service: KeyService, importer: Importer, imports: FakeImports
 ) -> None:
     own = _imported(service, importer, "byok")
-    assert kmi._delete_material(_runtime(service), _kmi("byok", own))
+    assert deletion.delete_material(_runtime(service, imports), _kmi("byok", own))
     assert service.get(own).state is KeyState.PENDING_IMPORT
     assert [e[1] for e in imports.events] == [kmi.MATERIAL_DELETED]
 
@@ -94,7 +106,7 @@ def test_a_status_naming_another_key_of_the_namespace_deletes_nothing(
     _imported(service, importer, "byok")
     victim = _imported(service, importer, "victim")
 
-    assert not kmi._delete_material(_runtime(service), _kmi("byok", victim))
+    assert not deletion.delete_material(_runtime(service, imports), _kmi("byok", victim))
 
     assert service.get(victim).state is KeyState.ENABLED
     assert [(e[0], e[1]) for e in imports.events] == [("Warning", kmi.NOT_OWN_KEY)]
@@ -107,7 +119,7 @@ def test_a_status_naming_a_key_of_another_namespace_deletes_nothing(
     # Same key name in another namespace: only the namespace differs.
     victim = _imported(service, importer, "byok", namespace="team-b")
 
-    assert not kmi._delete_material(_runtime(service), _kmi("byok", victim))
+    assert not deletion.delete_material(_runtime(service, imports), _kmi("byok", victim))
 
     assert service.get(victim).state is KeyState.ENABLED
     assert [e[1] for e in imports.events] == [kmi.NOT_OWN_KEY]
@@ -120,7 +132,7 @@ def test_a_detached_key_keeps_its_material(
     service.observe_namespace(NS, "uid-of-a-new-namespace")  # the namespace was re-created
     assert service.get(old).is_detached
 
-    assert not kmi._delete_material(_runtime(service), _kmi("byok", old))
+    assert not deletion.delete_material(_runtime(service, imports), _kmi("byok", old))
 
     assert service.get(old).versions[0].state.value == "Enabled"
     assert [e[1] for e in imports.events] == [kmi.NOT_OWN_KEY]
@@ -132,5 +144,5 @@ def test_a_status_naming_no_key_id_deletes_nothing(
     _imported(service, importer, "byok")
     body = _kmi("byok", uuid.UUID(int=1))
     body["status"]["keyId"] = "not-a-uuid"
-    assert not kmi._delete_material(_runtime(service), body)
+    assert not deletion.delete_material(_runtime(service, imports), body)
     assert imports.events == []

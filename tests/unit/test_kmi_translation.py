@@ -18,26 +18,31 @@ from kms_operator.errors import (
     IncorrectKeyMaterial,
     InvalidImportToken,
     InvalidRequest,
+    KmsError,
     StoreError,
 )
-from kms_operator.operator import keymaterialimports as kmi
 from kms_operator.operator.conditions import Condition
-from kms_operator.operator.keymaterialimports import (
-    ImportStatus,
-    KeyMaterialImportSpec,
+from kms_operator.operator.keymaterialimports import decisions as kmi
+from kms_operator.operator.keymaterialimports.decisions import (
     Step,
     expiry_due,
     failure_of,
-    holds_version,
-    import_status,
+    import_outcome,
     key_problem,
     next_expiry,
     next_step,
-    not_own_key,
     parameters_fields,
     settled,
     waiting_message,
 )
+from kms_operator.operator.keymaterialimports.deletion import holds_version, not_own_key
+from kms_operator.operator.keymaterialimports.redaction import RedactInlineMaterial
+from kms_operator.operator.keymaterialimports.views import (
+    ImportStatus,
+    KeyMaterialImportSpec,
+    Phase,
+)
+from kms_operator.operator.outcomes import status_patch
 from kms_operator.store.records import (
     ImportParameters,
     KeyRecord,
@@ -62,14 +67,22 @@ def _spec(**changes: Any) -> KeyMaterialImportSpec:
 
 def _status(
     *,
+    phase: Phase = Phase.WAITING,
     reason: str | None = kmi.WAITING_FOR_MATERIAL,
     ready: bool = False,
+    refused: bool = False,
     generation: int | None = 1,
     expire_at: datetime | None = LATER,
     token: str | None = "kmsit1_abc",  # noqa: S107 - a test token
     key_version: int | None = None,
 ) -> ImportStatus:
-    raw: dict[str, Any] = {"keyId": str(KEY_ID), "observedGeneration": generation}
+    """A status as the operator writes it; ``refused``: with ``Synced=False`` (the spec as
+    written was refused at ``generation``)."""
+    raw: dict[str, Any] = {
+        "phase": phase.value,
+        "keyId": str(KEY_ID),
+        "observedGeneration": generation,
+    }
     if token:
         raw["importToken"] = token
     if expire_at:
@@ -80,6 +93,15 @@ def _status(
         raw["conditions"] = [
             {"type": "Ready", "status": "True" if ready else "False", "reason": reason}
         ]
+        if refused:
+            raw["conditions"].append(
+                {
+                    "type": "Synced",
+                    "status": "False",
+                    "reason": reason,
+                    "observedGeneration": generation,
+                }
+            )
     return ImportStatus.parse(raw)
 
 
@@ -153,7 +175,7 @@ def test_times_are_exact_and_round_trip() -> None:
 
 
 def test_status_parse_reads_ready_and_dates() -> None:
-    status = _status(reason="Imported", ready=True, key_version=3)
+    status = _status(phase=Phase.IMPORTED, reason="Imported", ready=True, key_version=3)
     assert status.ready_status and status.ready_reason == "Imported"
     assert status.key_version == 3 and status.parameters_expire_at == LATER
     assert status.has_parameters_for(KEY_ID)
@@ -200,8 +222,11 @@ def test_a_token_from_elsewhere_is_judged_by_the_store() -> None:
 
 
 def test_final_failures_settle_until_the_spec_changes() -> None:
-    for reason in (kmi.INCORRECT_KEY_MATERIAL, kmi.KEY_NOT_EXTERNAL, kmi.PARAMETERS_EXPIRED):
-        failed = _status(reason=reason, generation=2)
+    for failed in (
+        _status(phase=Phase.FAILED, reason=kmi.INCORRECT_KEY_MATERIAL, refused=True, generation=2),
+        _status(phase=Phase.FAILED, reason=kmi.KEY_NOT_EXTERNAL, refused=True, generation=2),
+        _status(phase=Phase.EXPIRED, reason=kmi.PARAMETERS_EXPIRED, generation=2),
+    ):
         assert settled(failed, 2)
         assert not settled(failed, 3)
         spec = _spec(encryptedKeyMaterialSecretRef={"name": "s"})
@@ -210,12 +235,16 @@ def test_final_failures_settle_until_the_spec_changes() -> None:
 
 
 def test_transient_failures_never_settle() -> None:
-    for reason in (kmi.KEY_NOT_FOUND, kmi.KEY_PENDING_DELETION, kmi.MATERIAL_SECRET_NOT_FOUND):
-        assert not settled(_status(reason=reason, generation=2), 2)
+    for phase, reason in (
+        (Phase.FAILED, kmi.KEY_NOT_FOUND),
+        (Phase.FAILED, kmi.KEY_PENDING_DELETION),
+        (Phase.WAITING, kmi.MATERIAL_SECRET_NOT_FOUND),
+    ):
+        assert not settled(_status(phase=phase, reason=reason, generation=2), 2)
 
 
 def test_an_imported_object_does_nothing_on_resume_and_reports_later_spec_changes() -> None:
-    done = _status(reason="Imported", ready=True, key_version=1, generation=2)
+    done = _status(phase=Phase.IMPORTED, reason="Imported", ready=True, key_version=1, generation=2)
     spec = _spec(encryptedKeyMaterialSecretRef={"name": "s"})
     assert settled(done, 2)
     assert next_step(spec, done, key_id=KEY_ID, generation=2, now=LATER) is Step.NOTHING
@@ -235,15 +264,19 @@ def test_key_problems() -> None:
 
 
 def test_failures_map_to_phases_and_reasons() -> None:
-    assert failure_of(ExpiredImportToken("expired"), None)[:2] == ("Expired", "ExpiredImportToken")
-    assert failure_of(IncorrectKeyMaterial("no"), None)[:2] == ("Failed", "IncorrectKeyMaterial")
-    assert failure_of(InvalidImportToken("no"), None)[:2] == ("Failed", "InvalidImportToken")
-    phase, reason, message = failure_of(
+    def phase_and_reason(exc: KmsError) -> tuple[str, str]:
+        failure = failure_of(exc, None)
+        return failure.phase, failure.reason
+
+    assert phase_and_reason(ExpiredImportToken("expired")) == ("Expired", "ExpiredImportToken")
+    assert phase_and_reason(IncorrectKeyMaterial("no")) == ("Failed", "IncorrectKeyMaterial")
+    assert phase_and_reason(InvalidImportToken("no")) == ("Failed", "InvalidImportToken")
+    failure = failure_of(
         InvalidRequest("validTo must be in the future", field="validTo"), "2020-01-01T00:00:00Z"
     )
-    assert (phase, reason) == ("Failed", "InvalidRequest")
-    assert "spec.validTo 2020-01-01T00:00:00Z" in message
-    assert failure_of(StoreError("disk"), None)[0] == "Failed"
+    assert (failure.phase, failure.reason) == ("Failed", "InvalidRequest")
+    assert "spec.validTo 2020-01-01T00:00:00Z" in failure.message
+    assert failure_of(StoreError("disk"), None).phase == "Failed"
 
 
 # -- expiry --------------------------------------------------------------------------------
@@ -258,13 +291,13 @@ def test_parameters_expiry_is_due_at_the_status_date() -> None:
     assert next_expiry(waiting, None) == LATER
     missing_secret = _status(reason=kmi.MATERIAL_SECRET_NOT_FOUND)
     assert expiry_due(missing_secret, material_present=True, valid_to=None, now=LATER)
-    failed = _status(reason=kmi.INCORRECT_KEY_MATERIAL)
+    failed = _status(phase=Phase.FAILED, reason=kmi.INCORRECT_KEY_MATERIAL, refused=True)
     assert expiry_due(failed, material_present=True, valid_to=None, now=LATER) is None
     assert next_expiry(failed, None) is None
 
 
 def test_material_expiry_follows_the_store_date() -> None:
-    imported = _status(reason="Imported", ready=True, key_version=2)
+    imported = _status(phase=Phase.IMPORTED, reason="Imported", ready=True, key_version=2)
     valid_to = NOW + timedelta(days=3)
     assert expiry_due(imported, material_present=True, valid_to=valid_to, now=NOW) is None
     assert next_expiry(imported, valid_to) == valid_to
@@ -276,7 +309,7 @@ def test_material_expiry_follows_the_store_date() -> None:
     gone = expiry_due(imported, material_present=False, valid_to=None, now=NOW)
     assert gone is not None and gone[0] == kmi.MATERIAL_DELETED
     assert expiry_due(imported, material_present=True, valid_to=None, now=LATER) is None
-    expired = _status(reason=kmi.MATERIAL_EXPIRED, key_version=2)
+    expired = _status(phase=Phase.EXPIRED, reason=kmi.MATERIAL_EXPIRED, key_version=2)
     assert expiry_due(expired, material_present=False, valid_to=valid_to, now=LATER) is None
     assert next_expiry(expired, valid_to) is None
 
@@ -295,13 +328,15 @@ def test_parameters_fields_and_waiting_status() -> None:
     )
     spec = _spec(wrappingKeySpec="RSA_2048")
     message = waiting_message("ns", spec, LATER)
-    status = import_status(
-        "WaitingForMaterial",
-        Condition("Ready", False, kmi.WAITING_FOR_MATERIAL, message),
+    status = status_patch(
+        import_outcome(
+            Phase.WAITING,
+            Condition("Ready", False, kmi.WAITING_FOR_MATERIAL, message),
+            fields=parameters_fields(params),
+        ),
         existing_conditions=None,
         generation=4,
         now=NOW,
-        fields=parameters_fields(params),
     )
     assert status["phase"] == "WaitingForMaterial"
     assert status["importToken"] == "kmsit1_tok"
@@ -320,9 +355,8 @@ def test_parameters_fields_and_waiting_status() -> None:
 
 
 def test_status_from_the_daemon_keeps_the_observed_generation() -> None:
-    status = import_status(
-        "Expired",
-        Condition("Ready", False, kmi.PARAMETERS_EXPIRED, "expired"),
+    status = status_patch(
+        import_outcome(Phase.EXPIRED, Condition("Ready", False, kmi.PARAMETERS_EXPIRED, "expired")),
         existing_conditions=[
             {
                 "type": "Ready",
@@ -407,7 +441,7 @@ def test_inline_material_is_redacted_from_kopf_lines() -> None:
     ]
     for line in lines:
         record = logging.LogRecord("kopf.objects", logging.DEBUG, __file__, 1, line, (), None)
-        assert kmi.RedactInlineMaterial().filter(record)
+        assert RedactInlineMaterial().filter(record)
         shown = record.getMessage()
         assert wrapped not in shown and wrapped[:40] not in shown
         assert "<redacted>" in shown
@@ -416,5 +450,5 @@ def test_inline_material_is_redacted_from_kopf_lines() -> None:
     assert wrapped not in record.getMessage()
     assert "kmsit1_token" in record.getMessage()  # nothing else is touched
     other = logging.LogRecord("kopf.objects", logging.DEBUG, __file__, 1, repr(wrapped), (), None)
-    kmi.RedactInlineMaterial().filter(other)
+    RedactInlineMaterial().filter(other)
     assert other.getMessage() == repr(wrapped)  # lines without the field stay as they are

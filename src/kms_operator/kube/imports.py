@@ -1,4 +1,4 @@
-"""The API calls of ``KeyMaterialImport`` handling: its objects, its Events, the material Secret.
+"""The API calls of ``KeyMaterialImport`` handling: its objects and the material Secret.
 
 The Secret is read with one ``get`` by the name the user put in
 ``spec.encryptedKeyMaterialSecretRef`` (no list, no watch: the operator never caches Secrets).
@@ -14,9 +14,9 @@ from typing import Any, cast
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from kms_operator.contract import GROUP, KMI_KIND, KMI_PLURAL, VERSION
+from kms_operator.contract import GROUP, KMI_PLURAL, VERSION
 
-from .objects import Objects, post_event
+from .objects import Objects
 
 Body = dict[str, Any]
 
@@ -63,19 +63,6 @@ class Imports:
         answer = self._custom.list_namespaced_custom_object(GROUP, VERSION, namespace, KMI_PLURAL)
         return list(cast(Body, answer).get("items", []))
 
-    def get_kmi(self, namespace: str, name: str) -> Body | None:
-        try:
-            return cast(
-                Body,
-                self._custom.get_namespaced_custom_object(
-                    GROUP, VERSION, namespace, KMI_PLURAL, name
-                ),
-            )
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-
     def patch_kmi_status(
         self, namespace: str, name: str, status: Body, *, resource_version: str | None = None
     ) -> None:
@@ -91,18 +78,3 @@ class Imports:
             if exc.status in (404, 409):
                 raise Conflict(f"{namespace}/{name} changed or is gone") from None
             raise
-
-    def post_event(
-        self,
-        namespace: str,
-        name: str,
-        uid: str | None,
-        *,
-        type_: str,
-        reason: str,
-        message: str,
-    ) -> None:
-        """An Event on a KeyMaterialImport (which may be on its way out: deletions)."""
-        post_event(
-            self._core, KMI_KIND, namespace, name, uid, type_=type_, reason=reason, message=message
-        )

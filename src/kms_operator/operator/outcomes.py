@@ -17,6 +17,7 @@ import asyncio
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import kopf
@@ -62,6 +63,29 @@ class Outcome:
 
 def not_ready(reason: str, message: str) -> Condition:
     return Condition(conditions.READY, False, reason, message)
+
+
+def status_patch(
+    outcome: Outcome,
+    *,
+    existing_conditions: Iterable[Mapping[str, Any]] | None,
+    generation: int | None,
+    now: datetime,
+) -> dict[str, Any]:
+    """``status`` for a merge patch: the outcome's fields and conditions, others left as they
+    are; ``observedGeneration`` only when a handler saw the generation (daemons do not)."""
+    status: dict[str, Any] = {
+        **outcome.fields,
+        "conditions": conditions.merge_conditions(
+            existing_conditions,
+            [outcome.ready, *outcome.extra_conditions],
+            generation=generation,
+            now=now,
+        ),
+    }
+    if generation is not None:
+        status["observedGeneration"] = generation
+    return status
 
 
 def handler_error(

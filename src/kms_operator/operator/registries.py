@@ -121,8 +121,8 @@ def operator_settings(
     # bounded pool would admit only worker_limit objects every 5 s.
     settings.batching.worker_limit = config.max_workers
     settings.batching.idle_timeout = 0.5
-    # Kopf's own per-handler log lines stay logs; our Events are posted with kopf.event()
-    # (kopf.info() would be filtered by this level too).
+    # Kopf's own per-handler log lines stay logs (it posts Events only for handler failures);
+    # ours go through operator.outcomes.post_notices.
     settings.posting.level = logging.WARNING
     settings.execution.max_workers = 8  # threads for sync handlers; ours are async
     if webhook_tls is not None:
