@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import requests
@@ -57,8 +56,18 @@ CHECKS = [
 
 
 class AllowAll:
+    """Every caller may do everything: the calls get past authorization to the service."""
+
     async def authorize(self, user: UserInfo, verb: str, namespace: str, name: str | None) -> None:
         return None
+
+
+class _NoAudit:
+    def write(self, record: object) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +76,7 @@ def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     store = SqliteKeyStore(root / "kms.db", load_root_key_file(root / "root.key"))
     service = KeyService(store)
     service.create_key(NS, "payments", aliases=("alias/payments",))
-    tokens = Path(root / "tokens.csv")
+    tokens = root / "tokens.csv"
     tokens.write_text(f"{TOKEN},fuzzer\n")
     app = create_app(
         service,
@@ -92,14 +101,6 @@ def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         thread.join(timeout=30)
         loop.close()
         store.close()
-
-
-class _NoAudit:
-    def write(self, record: object) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 @pytest.fixture(scope="module")
