@@ -18,8 +18,9 @@ from kubernetes import client
 from tests.integration.operator_fixtures import Cmks, OperatorProcess, wait_for
 
 from kms_operator.keys.service import KeyService
+from kms_operator.store.backups import restore_store
 from kms_operator.store.rootkey import load_root_key_file
-from kms_operator.store.sqlite import SqliteKeyStore, restore_store
+from kms_operator.store.sqlite import SqliteKeyStore
 
 
 def _condition(status: dict[str, Any], kind: str) -> dict[str, Any]:

@@ -1,5 +1,5 @@
-"""The data-plane API end to end in-process: a real KeyService on SQLite, aiohttp's test client,
-the static-token authenticator and an authorizer double (the seam of ``create_app``).
+"""The data-plane API end to end in-process (:mod:`tests.support.api`): a real KeyService on
+SQLite, aiohttp's test client, the static-token authenticator and an authorizer double.
 
 Covers every route's happy path, every error code, the fail-closed audit, audit lines one to
 one with calls (without plaintext, blobs or tokens), metrics and the OpenAPI document.
@@ -7,133 +7,31 @@ one with calls (without plaintext, blobs or tokens), metrics and the OpenAPI doc
 
 from __future__ import annotations
 
-import base64
 import json
 import re
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from tests.support.api import ALICE, BOB, NS, OTHER_NS, Api, MemorySink, b64, error, serve, unb64
 
-from kms_operator.api.app import create_app, state_of
+from kms_operator.api.app import create_app
 from kms_operator.api.auth import ReviewsBusy, StaticTokens
-from kms_operator.errors import AccessDenied, InvalidCiphertext
+from kms_operator.api.calls import STATE
+from kms_operator.errors import InvalidCiphertext
 from kms_operator.keys.service import KeyService
 from kms_operator.kube.reviews import UserInfo
-from kms_operator.serving.audit import AuditRecord
-from kms_operator.store.records import KeyRecord, Origin
+from kms_operator.store.records import Origin
 
 pytestmark = pytest.mark.unit
-
-NS, OTHER_NS = "team-a", "team-b"
-ALICE, BOB = "alice-token-0123456789", "bob-token-9876543210"
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
-def unb64(text: str) -> bytes:
-    return base64.b64decode(text, validate=True)
-
-
-@dataclass
-class Grants:
-    """Authorizer double: ``(user, verb, namespace, name)`` tuples; name ``*`` means any."""
-
-    allowed: set[tuple[str, str, str, str]] = field(default_factory=set)
-    asked: list[tuple[str, str, str, str | None]] = field(default_factory=list)
-
-    def allow(self, user: str, verbs: str, namespace: str, name: str = "*") -> None:
-        for verb in verbs.split(","):
-            self.allowed.add((user, verb, namespace, name))
-
-    async def authorize(self, user: UserInfo, verb: str, namespace: str, name: str | None) -> None:
-        self.asked.append((user.username, verb, namespace, name))
-        if (user.username, verb, namespace, "*") in self.allowed:
-            return
-        if name is not None and (user.username, verb, namespace, name) in self.allowed:
-            return
-        raise AccessDenied(f"user {user.username!r} may not {verb} {name!r} in {namespace!r}")
-
-
-@dataclass
-class MemorySink:
-    lines: list[str] = field(default_factory=list)
-    fail: bool = False
-
-    def write(self, record: AuditRecord) -> None:
-        if self.fail:
-            raise OSError("disk full")
-        self.lines.append(record.to_json())
-
-    def close(self) -> None:
-        pass
-
-    @property
-    def records(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.lines]
-
-
-@dataclass
-class Api:
-    client: TestClient  # type: ignore[type-arg]
-    service: KeyService
-    grants: Grants
-    audit: MemorySink
-    key: KeyRecord
-    other: KeyRecord
-
-    async def call(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        *,
-        token: str | None = ALICE,
-        raw: bytes | None = None,
-    ) -> tuple[int, dict[str, Any]]:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        data = raw if raw is not None else (None if body is None else json.dumps(body))
-        async with self.client.request(method, path, data=data, headers=headers) as response:
-            return response.status, await response.json()
-
-    async def post(self, path: str, body: Any = None, **kw: Any) -> tuple[int, dict[str, Any]]:
-        return await self.call("POST", path, body, **kw)
-
-    async def encrypt(self, plaintext: bytes, context: dict[str, str] | None = None) -> str:
-        body: dict[str, Any] = {"plaintext": b64(plaintext)}
-        if context is not None:
-            body["encryptionContext"] = context
-        status, answer = await self.post(f"/v1/namespaces/{NS}/keys/payments/encrypt", body)
-        assert status == 200, answer
-        return str(answer["ciphertextBlob"])
 
 
 @pytest.fixture
 async def api(service: KeyService, tmp_path: Path) -> AsyncIterator[Api]:
-    tokens = tmp_path / "tokens.csv"
-    tokens.write_text(f"# local users\n{ALICE},alice,devs|ops\n\n{BOB},bob\n")
-    grants, sink = Grants(), MemorySink()
-    app = create_app(
-        service,
-        authenticator=StaticTokens.from_file(tokens),
-        authorizer=grants,
-        audit=sink,
-    )
-    key = service.create_key(NS, "payments", aliases=("alias/payments", "alias/team/orders"))
-    other = service.create_key(OTHER_NS, "archive")
-    async with TestClient(TestServer(app)) as client:
-        yield Api(client, service, grants, sink, key, other)
-
-
-def error(answer: dict[str, Any]) -> tuple[str, str]:
-    assert set(answer) == {"error"}, answer
-    assert set(answer["error"]) == {"code", "message"}, answer
-    return answer["error"]["code"], answer["error"]["message"]
+    async with serve(service, tmp_path) as served:
+        yield served
 
 
 # -- happy paths ---------------------------------------------------------------------------
@@ -648,7 +546,7 @@ async def test_healthz_always_and_readyz_only_once_ready(api: Api) -> None:
     assert status == 200
     status, answer = await api.call("GET", "/readyz", token=None)
     assert status == 503
-    state_of(api.client.server.app).ready = True
+    api.client.server.app[STATE].ready = True
     status, answer = await api.call("GET", "/readyz", token=None)
     assert status == 200 and answer == {"status": "ready"}
 
@@ -787,7 +685,7 @@ async def test_an_overloaded_review_pool_is_503_with_retry_after(
     async def busy(token: str) -> UserInfo:
         raise ReviewsBusy("too many callers are being checked at once; retry in a moment")
 
-    monkeypatch.setattr(state_of(api.client.server.app).authenticator, "authenticate", busy)
+    monkeypatch.setattr(api.client.server.app[STATE].authenticator, "authenticate", busy)
     async with api.client.post(
         ENCRYPT, json={"plaintext": b64(b"x")}, headers={"Authorization": f"Bearer {ALICE}"}
     ) as response:
@@ -810,7 +708,7 @@ async def test_readyz_lists_the_problems_of_readiness_checks(service: KeyService
         audit=MemorySink(),
         readiness_checks=[lambda: problems["scheduler"]],
     )
-    state_of(app).ready = True
+    app[STATE].ready = True
     async with TestClient(TestServer(app)) as client:
         async with client.get("/readyz") as response:
             assert response.status == 200 and await response.json() == {"status": "ready"}
@@ -828,7 +726,7 @@ async def test_readyz_lists_the_problems_of_readiness_checks(service: KeyService
         audit=MemorySink(),
         readiness_checks=[broken],
     )
-    state_of(app2).ready = True
+    app2[STATE].ready = True
     async with TestClient(TestServer(app2)) as client, client.get("/readyz") as response:
         assert response.status == 503
         text = await response.text()

@@ -19,9 +19,10 @@ from tests.support.clocks import ManualClock
 from kms_operator.crypto import wrapping
 from kms_operator.errors import StoreError
 from kms_operator.keys.service import KeyService
+from kms_operator.store.backups import restore_store
 from kms_operator.store.records import KeyRecord, Origin
 from kms_operator.store.rootkey import RootKey
-from kms_operator.store.sqlite import SqliteKeyStore, restore_store
+from kms_operator.store.sqlite import SqliteKeyStore
 
 pytestmark = pytest.mark.unit
 

@@ -50,7 +50,3 @@ def create_app(
     openapi.add_routes(app)
     app.router.add_route("*", "/{path:.*}", no_route, name=NO_ROUTE)
     return app
-
-
-def state_of(app: web.Application) -> ApiState:
-    return app[STATE]

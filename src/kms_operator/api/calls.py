@@ -1,7 +1,8 @@
 """One API call, from request to answer: authenticate, authorize, audit, measure, map errors.
 
-Route handlers describe *what* a call does as a coroutine taking a :class:`Call`;
-:func:`run` does the rest the same way for every route:
+Route handlers describe *what* a call does as a coroutine taking a :class:`Call` and returning
+the answer (a declared :class:`.bodies.Response`); :func:`run` does the rest the same way for
+every route:
 
 * ``KmsError`` → its ``status`` and ``{"error": {"code", "message"}}``; anything else → 500
   ``InternalError`` with a generic message (the traceback goes to the log, never material);
@@ -45,6 +46,7 @@ from kms_operator.serving.audit import AuditRecord, AuditSink, bounded
 from kms_operator.store.records import KeyRecord
 
 from .auth import Authenticator, Authorizer, bearer_token
+from .bodies import Response
 from .metrics import ApiMetrics
 
 log = logging.getLogger(__name__)
@@ -53,7 +55,6 @@ INTERNAL_MESSAGE = "an internal error occurred; the request id is in the server 
 AUDIT_FAILED_MESSAGE = "the call was refused because its audit record could not be written"
 REQUEST_ID_HEADER = "X-Request-Id"
 
-Answer = dict[str, object]
 NO_ROUTE = "no-route"
 
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
@@ -210,7 +211,7 @@ class Call:
         self.audit.source_key_version = version
 
 
-Work = Callable[[Call], Awaitable[Answer]]
+Work = Callable[[Call], Awaitable[Response]]
 
 
 def key_reference(request: web.Request) -> str:
@@ -238,7 +239,7 @@ async def run(request: web.Request, operation: str, work: Work) -> web.Response:
     close = False
     retry_after = False
     try:
-        body = _encode(await work(call)).encode("utf-8")
+        body = _encode((await work(call)).to_json()).encode("utf-8")
         audit.outcome = "allowed"
     except KmsError as exc:
         status = exc.status

@@ -12,35 +12,47 @@ from aiohttp import web
 
 from kms_operator.crypto import blob as blobs
 
-from . import calls, models
-from .calls import Answer, Call
+from . import calls
+from .calls import Call
+from .models import (
+    DecryptRequest,
+    DecryptResponse,
+    EncryptRequest,
+    EncryptResponse,
+    GenerateDataKeyRequest,
+    GenerateDataKeyResponse,
+    RandomRequest,
+    RandomResponse,
+    ReEncryptRequest,
+    ReEncryptResponse,
+)
 
 VERB_ENCRYPT = "encrypt"
 VERB_DECRYPT = "decrypt"
 VERB_GENERATE_DATA_KEY = "generatedatakey"
 
 KEY_PREFIX = "/v1/namespaces/{ns}/keys/{key}"
-ALIAS_PREFIX = "/v1/namespaces/{ns}/aliases/{alias:[A-Za-z0-9/_-]+}"
+#: An alias without its ``alias/`` prefix, in the path (it may hold ``/``).
+ALIAS_PATTERN = "[A-Za-z0-9/_-]+"
+ALIAS_PREFIX = f"/v1/namespaces/{{ns}}/aliases/{{alias:{ALIAS_PATTERN}}}"
 
 
-async def _encrypt(call: Call) -> Answer:
+async def _encrypt(call: Call) -> EncryptResponse:
     await call.authenticate()
-    body = models.parse_encrypt(await call.body())
+    body = EncryptRequest.parse(await call.body())
     namespace, reference = call.request.match_info["ns"], calls.key_reference(call.request)
     record = await call.resolve(VERB_ENCRYPT, namespace, reference)
     # The key authorized is the key used: pass its id, never the reference again.
     result = call.service.encrypt(namespace, record.key_id, body.plaintext, body.encryption_context)
     call.audit.key_version = result.key_version
-    return {
-        "ciphertextBlob": models.b64(result.ciphertext_blob),
-        "keyId": calls.uuid_text(result.key_id),
-        "keyVersion": result.key_version,
-    }
+    return EncryptResponse(
+        result.ciphertext_blob, calls.uuid_text(result.key_id), result.key_version
+    )
 
 
-async def _generate_data_key(call: Call) -> Answer:
+async def _generate_data_key(call: Call) -> GenerateDataKeyResponse:
     await call.authenticate()
-    body = models.parse_generate_data_key(await call.body())
+    body = GenerateDataKeyRequest.parse(await call.body())
     namespace, reference = call.request.match_info["ns"], calls.key_reference(call.request)
     record = await call.resolve(VERB_GENERATE_DATA_KEY, namespace, reference)
     result = call.service.generate_data_key(
@@ -52,33 +64,27 @@ async def _generate_data_key(call: Call) -> Answer:
         with_plaintext=not body.without_plaintext,
     )
     call.audit.key_version = result.key_version
-    answer: Answer = {
-        "ciphertextBlob": models.b64(result.ciphertext_blob),
-        "keyId": calls.uuid_text(result.key_id),
-        "keyVersion": result.key_version,
-    }
-    if result.plaintext is not None:
-        answer["plaintext"] = models.b64(result.plaintext)
-    return answer
+    return GenerateDataKeyResponse(
+        result.ciphertext_blob,
+        calls.uuid_text(result.key_id),
+        result.key_version,
+        result.plaintext,
+    )
 
 
-async def _decrypt(call: Call) -> Answer:
+async def _decrypt(call: Call) -> DecryptResponse:
     await call.authenticate()
-    body = models.parse_decrypt(await call.body())
+    body = DecryptRequest.parse(await call.body())
     record = call.service.key_of_blob(body.ciphertext_blob)
     call.note_key(record, blobs.parse_header(body.ciphertext_blob).version)
     await call.authorize(VERB_DECRYPT, record)
     result = call.service.decrypt(body.ciphertext_blob, body.encryption_context)
-    return {
-        "plaintext": models.b64(result.plaintext),
-        "keyId": calls.uuid_text(result.key_id),
-        "keyVersion": result.key_version,
-    }
+    return DecryptResponse(result.plaintext, calls.uuid_text(result.key_id), result.key_version)
 
 
-async def _re_encrypt(call: Call) -> Answer:
+async def _re_encrypt(call: Call) -> ReEncryptResponse:
     await call.authenticate()
-    body = models.parse_re_encrypt(await call.body())
+    body = ReEncryptRequest.parse(await call.body())
     source = call.service.key_of_blob(body.ciphertext_blob)
     call.note_source(source, blobs.parse_header(body.ciphertext_blob).version)
     await call.authorize(VERB_DECRYPT, source)
@@ -92,19 +98,19 @@ async def _re_encrypt(call: Call) -> Answer:
         destination_context=body.destination_encryption_context,
     )
     call.audit.key_version = result.key_version
-    return {
-        "ciphertextBlob": models.b64(result.ciphertext_blob),
-        "keyId": calls.uuid_text(result.key_id),
-        "keyVersion": result.key_version,
-        "sourceKeyId": calls.uuid_text(result.source_key_id),
-        "sourceKeyVersion": result.source_key_version,
-    }
+    return ReEncryptResponse(
+        result.ciphertext_blob,
+        calls.uuid_text(result.key_id),
+        result.key_version,
+        calls.uuid_text(result.source_key_id),
+        result.source_key_version,
+    )
 
 
-async def _random(call: Call) -> Answer:
+async def _random(call: Call) -> RandomResponse:
     await call.authenticate()
-    body = models.parse_random(await call.body())
-    return {"plaintext": models.b64(call.service.random(body.number_of_bytes))}
+    body = RandomRequest.parse(await call.body())
+    return RandomResponse(call.service.random(body.number_of_bytes))
 
 
 async def encrypt(request: web.Request) -> web.Response:

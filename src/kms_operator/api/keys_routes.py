@@ -13,47 +13,48 @@ from kms_operator.store.records import KeyRecord
 from kms_operator.timestamps import rfc3339_or_none
 
 from . import calls
-from .calls import Answer, Call
+from .calls import Call
 from .crypto_routes import ALIAS_PREFIX, KEY_PREFIX
+from .models import KeyMetadata, KeyVersionMetadata, Rotation
 
 VERB_GET = "get"
 
 
-def describe(record: KeyRecord) -> Answer:
-    return {
-        "keyId": str(record.key_id),
-        "namespace": record.namespace,
-        "name": record.name,
-        "state": record.state.value,
-        "origin": record.origin.value,
-        "keySpec": record.key_spec.value,
-        "keyUsage": record.key_usage.value,
-        "description": record.description,
-        "enabled": record.enabled,
-        "aliases": list(record.aliases),
-        "default": record.is_default,
-        "createdAt": rfc3339_or_none(record.created_at),
-        "currentVersion": record.current_version,
-        "versions": [
-            {
-                "version": v.version,
-                "createdAt": rfc3339_or_none(v.created_at),
-                "state": v.state.value,
-                "importedAt": rfc3339_or_none(v.imported_at),
-                "expiresAt": rfc3339_or_none(v.expires_at),
-            }
+def describe(record: KeyRecord) -> KeyMetadata:
+    return KeyMetadata(
+        key_id=str(record.key_id),
+        namespace=record.namespace,
+        name=record.name,
+        state=record.state.value,
+        origin=record.origin.value,
+        key_spec=record.key_spec.value,
+        key_usage=record.key_usage.value,
+        description=record.description,
+        enabled=record.enabled,
+        aliases=record.aliases,
+        default=record.is_default,
+        created_at=rfc3339_or_none(record.created_at),
+        current_version=record.current_version,
+        versions=tuple(
+            KeyVersionMetadata(
+                version=v.version,
+                created_at=rfc3339_or_none(v.created_at),
+                state=v.state.value,
+                imported_at=rfc3339_or_none(v.imported_at),
+                expires_at=rfc3339_or_none(v.expires_at),
+            )
             for v in record.versions
-        ],
-        "rotation": {
-            "periodDays": record.rotation_period_days,
-            "lastRotatedAt": rfc3339_or_none(record.last_rotated_at),
-            "nextRotationAt": rfc3339_or_none(record.next_rotation_at),
-        },
-        "deletionDate": rfc3339_or_none(record.deletion_date),
-    }
+        ),
+        rotation=Rotation(
+            period_days=record.rotation_period_days,
+            last_rotated_at=rfc3339_or_none(record.last_rotated_at),
+            next_rotation_at=rfc3339_or_none(record.next_rotation_at),
+        ),
+        deletion_date=rfc3339_or_none(record.deletion_date),
+    )
 
 
-async def _describe_key(call: Call) -> Answer:
+async def _describe_key(call: Call) -> KeyMetadata:
     await call.authenticate()
     namespace, reference = call.request.match_info["ns"], calls.key_reference(call.request)
     record = await call.resolve(VERB_GET, namespace, reference)

@@ -26,7 +26,6 @@ from prometheus_client.core import (
 from kms_operator.store.records import KeyRecord, KeyState
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-OUTCOMES = ("allowed", "denied", "error")
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 

@@ -1,267 +1,274 @@
-"""Typed request bodies: JSON in, frozen dataclasses out, or an ``InvalidRequest`` naming the field.
+"""The API's bodies, declared once (:mod:`.bodies`): the routes read and write them, and the
+OpenAPI document (:mod:`.openapi`) describes them from the same declaration.
 
-Parsing is strict: a body that is not a JSON object, a field of the wrong type, a binary field
-that is not standard base64, and a field the route does not know are all refused, with the
-field's name (``destination.key``, ``encryptionContext.tenant``) in the message and in
-``InvalidRequest.field``. ``null`` counts as absent. An empty body counts as ``{}``. A body
-nested deeper than :data:`MAX_JSON_DEPTH` levels is refused before it is parsed (no request
-has more than three levels), so deep nesting costs neither recursion nor a traceback.
+Requests are read strictly (see :mod:`.bodies`); answers carry key ids and versions, never
+anything the CMK's status does not publish, and material only where the route returns it.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
-import re
-from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Annotated
 
 from kms_operator.crypto.blob import HEADER_SIZE, TAG_SIZE
-from kms_operator.errors import InvalidRequest
 from kms_operator.keys.service import DATA_KEY_SPECS, MAX_PLAINTEXT, RANDOM_BYTES
+from kms_operator.store.records import KeySpec, KeyState, KeyUsage, Origin, VersionState
+
+from .bodies import Request, Response
+from .kinds import Binary, Context, Flag, Integer, Text
 
 #: Largest blob the service can make, for an early check of the body.
 MAX_BLOB = HEADER_SIZE + MAX_PLAINTEXT + TAG_SIZE
-MAX_CONTEXT_PAIRS = 64
-#: Deepest nesting of arrays and objects accepted in a body.
-MAX_JSON_DEPTH = 16
 
-#: A JSON string (an unterminated one runs to the end: no backtracking, linear time).
-_STRINGS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*(?:"|\\?\Z)', re.DOTALL)
-#: Every byte but brackets and braces, for ``bytes.translate(None, ...)``.
-_NOT_BRACKETS = bytes(range(256)).translate(None, b"[]{}")
+EncryptionContext = Annotated[
+    dict[str, str], Context("Authenticated, not encrypted: decrypt needs the same map.")
+]
+KeyId = Annotated[str, Text("The key id (status.keyId).", format="uuid")]
+KeyVersion = Annotated[int, Integer(1, description="The key version used.")]
+Blob = Annotated[bytes, Binary(MAX_BLOB, "A blob from encrypt (DESIGN.md section 4).")]
+NumberOfBytes = Annotated[int, Integer(*RANDOM_BYTES)]
+Time = Annotated[str | None, Text(format="date-time")]
 
-EncryptionContext = dict[str, str]
+_EXAMPLE_KEY_ID = "0f8e5c1a-3b7d-4e2a-9c61-5d0b7a4e8f21"
+#: A blob of key version 1 of the example key id: "card 4111" under {"order": "42"}.
+_EXAMPLE_BLOB = (
+    "S01TMQ+OXBo7fU4qnGFdC3pOjyEAAAAB+QnTmU236R5HF0Zpx1+f2SyClLpOCu0tpZg0MaeA/NnEOZ4USQ=="
+)
+
+
+# -- requests --------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
-class EncryptRequest:
-    plaintext: bytes = field(repr=False)
+class EncryptRequest(Request):
+    """Plaintext to encrypt under the key's current version."""
+
+    EXAMPLES = (
+        {"plaintext": "Y2FyZCA0MTEx"},
+        {"plaintext": "Y2FyZCA0MTEx", "encryptionContext": {"order": "42"}},
+    )
+
+    plaintext: Annotated[bytes, Binary(MAX_PLAINTEXT, f"At most {MAX_PLAINTEXT} bytes.")] = field(
+        repr=False
+    )
     encryption_context: EncryptionContext | None = None
 
 
 @dataclass(frozen=True, slots=True)
-class GenerateDataKeyRequest:
-    key_spec: str | None = None
-    number_of_bytes: int | None = None
+class GenerateDataKeyRequest(Request):
+    """A data key of keySpec (AES_256 when neither keySpec nor numberOfBytes is given) or of
+    numberOfBytes bytes."""
+
+    EXAMPLES = (
+        {},
+        {"keySpec": "AES_128", "encryptionContext": {"app": "billing"}},
+        {"numberOfBytes": 64, "withoutPlaintext": True},
+    )
+    EXCLUSIVE = (("keySpec", "numberOfBytes"),)
+
+    key_spec: Annotated[str, Text(choices=tuple(DATA_KEY_SPECS))] | None = None
+    number_of_bytes: Annotated[int, Integer(*RANDOM_BYTES, "Instead of keySpec.")] | None = None
     encryption_context: EncryptionContext | None = None
-    without_plaintext: bool = False
+    without_plaintext: Annotated[bool, Flag("Return the encrypted data key only.")] = False
 
 
 @dataclass(frozen=True, slots=True)
-class DecryptRequest:
-    ciphertext_blob: bytes = field(repr=False)
+class DecryptRequest(Request):
+    """A blob to decrypt; the key comes from its header."""
+
+    EXAMPLES = ({"ciphertextBlob": _EXAMPLE_BLOB, "encryptionContext": {"order": "42"}},)
+
+    ciphertext_blob: Blob = field(repr=False)
     encryption_context: EncryptionContext | None = None
 
 
 @dataclass(frozen=True, slots=True)
-class Destination:
-    namespace: str
-    key: str
+class Destination(Request):
+    """The key to encrypt under."""
+
+    namespace: Annotated[str, Text(non_empty=True)]
+    key: Annotated[str, Text("Name, key id or alias/<name>.", non_empty=True)]
 
 
 @dataclass(frozen=True, slots=True)
-class ReEncryptRequest:
-    ciphertext_blob: bytes = field(repr=False)
+class ReEncryptRequest(Request):
+    """A blob to decrypt and encrypt again under the destination key."""
+
+    EXAMPLES = (
+        {
+            "ciphertextBlob": _EXAMPLE_BLOB,
+            "sourceEncryptionContext": {"order": "42"},
+            "destination": {"namespace": "archive", "key": "alias/archive"},
+            "destinationEncryptionContext": {"moved": "2026"},
+        },
+    )
+
+    ciphertext_blob: Blob = field(repr=False)
     destination: Destination
     source_encryption_context: EncryptionContext | None = None
     destination_encryption_context: EncryptionContext | None = None
 
 
 @dataclass(frozen=True, slots=True)
-class RandomRequest:
-    number_of_bytes: int
+class RandomRequest(Request):
+    """How many random bytes."""
+
+    EXAMPLES = ({"numberOfBytes": 32},)
+
+    number_of_bytes: NumberOfBytes
 
 
-def nesting_exceeds(raw: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
-    """Whether the JSON text ``raw`` nests arrays and objects deeper than ``limit`` levels
-    (or its brackets do not pair up, so that it is no JSON at all).
-
-    Free for bodies with at most ``limit`` opening brackets (every real request); otherwise
-    strings are dropped, then the innermost pairs peeled off one level per round, in C-speed
-    passes over at most the body's length.
-    """
-    if raw.count(b"[") + raw.count(b"{") <= limit:
-        return False
-    brackets = _STRINGS.sub(b"", raw).translate(None, _NOT_BRACKETS)
-    for _ in range(limit):
-        if not brackets:
-            return False
-        inner = brackets.replace(b"[]", b"x").replace(b"{}", b"x").replace(b"x", b"")
-        if len(inner) == len(brackets):
-            return True  # nothing pairs up: not JSON
-        brackets = inner
-    return bool(brackets)
+# -- responses -------------------------------------------------------------------------------
 
 
-def _load(raw: bytes) -> dict[str, object]:
-    if nesting_exceeds(raw):
-        raise InvalidRequest(
-            f"the request body is not valid JSON nested at most {MAX_JSON_DEPTH} levels deep",
-            field="body",
-        )
-    try:
-        text = raw.decode("utf-8")
-        if not text or text.isspace():
-            return {}
-        value = json.loads(text)
-    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        raise InvalidRequest("the request body is not valid JSON", field="body") from None
-    if not isinstance(value, dict):
-        raise InvalidRequest("the request body must be a JSON object", field="body")
-    return value
+@dataclass(slots=True)
+class EncryptResponse(Response):
+    """The blob, and the key and version that made it."""
+
+    EXAMPLES = ({"ciphertextBlob": _EXAMPLE_BLOB, "keyId": _EXAMPLE_KEY_ID, "keyVersion": 1},)
+
+    ciphertext_blob: Annotated[bytes, Binary(description="The ciphertext blob.")] = field(
+        repr=False
+    )
+    key_id: KeyId
+    key_version: KeyVersion
 
 
-def _only(body: Mapping[str, object], known: tuple[str, ...], prefix: str = "") -> None:
-    for name in body:
-        if name not in known:
-            path = prefix + name
-            raise InvalidRequest(
-                f"unknown field {path!r}; expected {', '.join(prefix + k for k in known)}",
-                field=path,
-            )
+@dataclass(slots=True)
+class GenerateDataKeyResponse(Response):
+    """The data key encrypted under the CMK, and in plaintext unless withoutPlaintext."""
 
+    EXAMPLES = (
+        {
+            "ciphertextBlob": "S01TMQ+OXBo7fU4qnGFdC3pOjyEAAAABim5ijCJeYYsrua96HhqQSML9"
+            "ParTXuYmQIUFnrk+7jB/PfeG0JrqHUIunTbXSc3mQVanSH9SZk4bzkph",
+            "keyId": _EXAMPLE_KEY_ID,
+            "keyVersion": 1,
+            "plaintext": "q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=",
+        },
+    )
 
-def _required(body: Mapping[str, object], name: str, path: str) -> object:
-    value = body.get(name)
-    if value is None:
-        raise InvalidRequest(f"field {path!r} is required", field=path)
-    return value
-
-
-def _string(value: object, path: str) -> str:
-    if not isinstance(value, str):
-        raise InvalidRequest(f"field {path!r} must be a string", field=path)
-    return value
-
-
-def _int(value: object, path: str, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidRequest(f"field {path!r} must be an integer", field=path)
-    if not low <= value <= high:
-        raise InvalidRequest(f"field {path!r} must be between {low} and {high}", field=path)
-    return value
-
-
-def _bool(value: object, path: str) -> bool:
-    if not isinstance(value, bool):
-        raise InvalidRequest(f"field {path!r} must be true or false", field=path)
-    return value
-
-
-def _binary(value: object, path: str, max_bytes: int) -> bytes:
-    text = _string(value, path)
-    if len(text) > 4 * ((max_bytes + 2) // 3):
-        raise InvalidRequest(f"field {path!r} is longer than {max_bytes} bytes", field=path)
-    try:
-        decoded = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidRequest(f"field {path!r} is not valid standard base64", field=path) from None
-    if len(decoded) > max_bytes:
-        raise InvalidRequest(
-            f"field {path!r} is {len(decoded)} bytes; at most {max_bytes} are accepted",
-            field=path,
-        )
-    return decoded
-
-
-def _context(value: object, path: str) -> EncryptionContext | None:
-    if value is None:
-        return None
-    if not isinstance(value, dict):
-        raise InvalidRequest(
-            f"field {path!r} must be an object of string keys and string values", field=path
-        )
-    if len(value) > MAX_CONTEXT_PAIRS:
-        raise InvalidRequest(f"field {path!r} has more than {MAX_CONTEXT_PAIRS} pairs", field=path)
-    for key, item in value.items():
-        if not isinstance(item, str):
-            raise InvalidRequest(f"field {path}.{key} must be a string", field=f"{path}.{key}")
-    return dict(value)
-
-
-def parse_encrypt(raw: bytes) -> EncryptRequest:
-    body = _load(raw)
-    _only(body, ("plaintext", "encryptionContext"))
-    return EncryptRequest(
-        _binary(_required(body, "plaintext", "plaintext"), "plaintext", MAX_PLAINTEXT),
-        _context(body.get("encryptionContext"), "encryptionContext"),
+    ciphertext_blob: Annotated[bytes, Binary(description="The data key, encrypted.")] = field(
+        repr=False
+    )
+    key_id: KeyId
+    key_version: KeyVersion
+    plaintext: Annotated[bytes, Binary(description="The data key.")] | None = field(
+        default=None, repr=False
     )
 
 
-def parse_generate_data_key(raw: bytes) -> GenerateDataKeyRequest:
-    body = _load(raw)
-    _only(body, ("keySpec", "numberOfBytes", "encryptionContext", "withoutPlaintext"))
-    key_spec = body.get("keySpec")
-    number = body.get("numberOfBytes")
-    if key_spec is not None and number is not None:
-        raise InvalidRequest("give keySpec or numberOfBytes, not both", field="numberOfBytes")
-    spec: str | None = None
-    if key_spec is not None:
-        spec = _string(key_spec, "keySpec")
-        if spec not in DATA_KEY_SPECS:
-            raise InvalidRequest(
-                f"field 'keySpec' must be one of {', '.join(DATA_KEY_SPECS)}", field="keySpec"
-            )
-    without = body.get("withoutPlaintext")
-    return GenerateDataKeyRequest(
-        key_spec=spec,
-        number_of_bytes=None if number is None else _int(number, "numberOfBytes", *RANDOM_BYTES),
-        encryption_context=_context(body.get("encryptionContext"), "encryptionContext"),
-        without_plaintext=False if without is None else _bool(without, "withoutPlaintext"),
+@dataclass(slots=True)
+class DecryptResponse(Response):
+    """The plaintext, and the key and version that opened it."""
+
+    EXAMPLES = ({"plaintext": "Y2FyZCA0MTEx", "keyId": _EXAMPLE_KEY_ID, "keyVersion": 1},)
+
+    plaintext: Annotated[bytes, Binary()] = field(repr=False)
+    key_id: KeyId
+    key_version: KeyVersion
+
+
+@dataclass(slots=True)
+class ReEncryptResponse(Response):
+    """The blob under the destination key, and the source key and version."""
+
+    EXAMPLES = (
+        {
+            "ciphertextBlob": _EXAMPLE_BLOB,
+            "keyId": "7c2d0e4b-91aa-4f3e-8b5d-2e6f1a9c0d37",
+            "keyVersion": 3,
+            "sourceKeyId": _EXAMPLE_KEY_ID,
+            "sourceKeyVersion": 1,
+        },
     )
 
+    ciphertext_blob: Annotated[bytes, Binary(description="The blob under the destination key.")]
+    key_id: KeyId
+    key_version: KeyVersion
+    source_key_id: KeyId
+    source_key_version: KeyVersion
 
-def parse_decrypt(raw: bytes) -> DecryptRequest:
-    body = _load(raw)
-    _only(body, ("ciphertextBlob", "encryptionContext"))
-    return DecryptRequest(
-        _binary(_required(body, "ciphertextBlob", "ciphertextBlob"), "ciphertextBlob", MAX_BLOB),
-        _context(body.get("encryptionContext"), "encryptionContext"),
+
+@dataclass(slots=True)
+class RandomResponse(Response):
+    """Random bytes."""
+
+    EXAMPLES = ({"plaintext": "3q2+7w=="},)
+
+    plaintext: Annotated[bytes, Binary()] = field(repr=False)
+
+
+@dataclass(slots=True)
+class KeyVersionMetadata(Response):
+    """One version of the key, without its material."""
+
+    version: Annotated[int, Integer(1)]
+    created_at: Time
+    state: Annotated[str, Text(choices=tuple(s.value for s in VersionState))]
+    imported_at: Time
+    expires_at: Time
+
+
+@dataclass(slots=True)
+class Rotation(Response):
+    """Automatic rotation: its period (null: off) and dates."""
+
+    period_days: Annotated[int, Integer()] | None
+    last_rotated_at: Time
+    next_rotation_at: Time
+
+
+@dataclass(slots=True)
+class KeyMetadata(Response):
+    """What the CMK's status publishes; never key material."""
+
+    EXAMPLES = (
+        {
+            "keyId": _EXAMPLE_KEY_ID,
+            "namespace": "payments",
+            "name": "payments",
+            "state": "Enabled",
+            "origin": "KMS",
+            "keySpec": "SYMMETRIC_DEFAULT",
+            "keyUsage": "ENCRYPT_DECRYPT",
+            "description": "card data",
+            "enabled": True,
+            "aliases": ["alias/payments"],
+            "default": False,
+            "createdAt": "2026-01-05T10:00:00Z",
+            "currentVersion": 1,
+            "versions": [
+                {
+                    "version": 1,
+                    "createdAt": "2026-01-05T10:00:00Z",
+                    "state": "Enabled",
+                    "importedAt": None,
+                    "expiresAt": None,
+                }
+            ],
+            "rotation": {
+                "periodDays": 365,
+                "lastRotatedAt": None,
+                "nextRotationAt": "2027-01-05T10:00:00Z",
+            },
+            "deletionDate": None,
+        },
     )
 
-
-def parse_re_encrypt(raw: bytes) -> ReEncryptRequest:
-    body = _load(raw)
-    _only(
-        body,
-        (
-            "ciphertextBlob",
-            "sourceEncryptionContext",
-            "destination",
-            "destinationEncryptionContext",
-        ),
-    )
-    blob = _binary(_required(body, "ciphertextBlob", "ciphertextBlob"), "ciphertextBlob", MAX_BLOB)
-    destination = _required(body, "destination", "destination")
-    if not isinstance(destination, dict):
-        raise InvalidRequest(
-            "field 'destination' must be an object {namespace, key}", field="destination"
-        )
-    _only(destination, ("namespace", "key"), prefix="destination.")
-    namespace = _string(
-        _required(destination, "namespace", "destination.namespace"), "destination.namespace"
-    )
-    key = _string(_required(destination, "key", "destination.key"), "destination.key")
-    for path, value in (("destination.namespace", namespace), ("destination.key", key)):
-        if not value:
-            raise InvalidRequest(f"field {path!r} must not be empty", field=path)
-    return ReEncryptRequest(
-        blob,
-        Destination(namespace, key),
-        _context(body.get("sourceEncryptionContext"), "sourceEncryptionContext"),
-        _context(body.get("destinationEncryptionContext"), "destinationEncryptionContext"),
-    )
-
-
-def parse_random(raw: bytes) -> RandomRequest:
-    body = _load(raw)
-    _only(body, ("numberOfBytes",))
-    return RandomRequest(
-        _int(_required(body, "numberOfBytes", "numberOfBytes"), "numberOfBytes", *RANDOM_BYTES)
-    )
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
+    key_id: KeyId
+    namespace: Annotated[str, Text()]
+    name: Annotated[str, Text()]
+    state: Annotated[str, Text(choices=tuple(s.value for s in KeyState))]
+    origin: Annotated[str, Text(choices=tuple(o.value for o in Origin))]
+    key_spec: Annotated[str, Text(choices=tuple(s.value for s in KeySpec))]
+    key_usage: Annotated[str, Text(choices=tuple(u.value for u in KeyUsage))]
+    description: Annotated[str, Text()]
+    enabled: Annotated[bool, Flag()]
+    aliases: tuple[Annotated[str, Text()], ...]
+    default: Annotated[bool, Flag("The namespace's default key.")]
+    created_at: Time
+    current_version: Annotated[int, Integer(1)]
+    versions: tuple[KeyVersionMetadata, ...]
+    rotation: Rotation
+    deletion_date: Time

@@ -1,335 +1,309 @@
-"""The API's own OpenAPI 3.1 document, served at ``/openapi.json``.
+"""The API's own OpenAPI 3.1 document, served at ``/openapi.json``, generated from what the
+server runs on.
 
-Built from the same constants as the routes; a unit test checks that every route the app
-serves is described here and nothing else.
+* request and response bodies: the declarations of :mod:`.models` (:func:`.bodies.schemas`);
+* error codes and HTTP statuses: the classes the server raises and :func:`.calls.run` maps
+  (``code`` and ``status``), with what each means to a caller;
+* path parameters: the route prefixes and bounds of :mod:`.crypto_routes` and :mod:`.calls`.
+
+Written here: each operation's id, summary and the errors it may answer. Unit tests check that
+the paths are the app's routes, and that the examples and the real answers validate.
 """
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
-from kms_operator.keys.service import DATA_KEY_SPECS, MAX_PLAINTEXT, RANDOM_BYTES
-
-from .models import MAX_BLOB
-
-Schema = dict[str, Any]
-
-_ERRORS: dict[str, tuple[int, str]] = {
-    "InvalidRequest": (400, "The body or a parameter is malformed; the message names the field."),
-    "InvalidCiphertext": (
-        400,
-        "The blob is altered, truncated, from another key, or the "
-        "encryption context does not match (one message for all).",
-    ),
-    "Unauthenticated": (
-        401,
-        "No Bearer token, a token that is not a ServiceAccount token (JWT), or one the API "
-        "server does not accept for the KMS's audience (kms.cmk.dev unless configured).",
-    ),
-    "AccessDenied": (403, "The caller lacks the RBAC verb on customermasterkeys.kms.cmk.dev."),
-    "NotFound": (404, "No such key (name, key id or alias) in the namespace."),
-    "KeyDisabled": (409, "The key is disabled (spec.enabled: false)."),
-    "KeyPendingImport": (409, "The key (or the blob's version) has no key material."),
-    "KeyPendingDeletion": (409, "The key is scheduled for deletion; the use is audited."),
-    "KeyInvalidState": (409, "The key is in another state that refuses crypto (Destroyed)."),
-    "InternalError": (500, "Unexpected failure, or the audit line could not be written."),
-    "ServiceUnavailable": (
-        503,
-        "Too many new callers are being checked with the Kubernetes API at once; retry after "
-        "the Retry-After header's seconds.",
-    ),
-}
-
-#: The answer to a body that does not arrive within the request timeout (code InvalidRequest).
-_TIMEOUT_RESPONSE: Schema = {
-    "description": "InvalidRequest: the request body did not arrive within the request "
-    "timeout; the connection is closed.",
-    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-}
-
-
-def _ref(name: str) -> Schema:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _b64(description: str, max_bytes: int | None = None) -> Schema:
-    schema: Schema = {"type": "string", "contentEncoding": "base64", "description": description}
-    if max_bytes is not None:
-        schema["maxLength"] = 4 * ((max_bytes + 2) // 3)
-    return schema
-
-
-def _object(properties: Schema, required: tuple[str, ...] = ()) -> Schema:
-    schema: Schema = {"type": "object", "additionalProperties": False, "properties": properties}
-    if required:
-        schema["required"] = list(required)
-    return schema
-
-
-_KEY_ID = {"type": "string", "format": "uuid", "description": "The key id (status.keyId)."}
-_KEY_VERSION = {"type": "integer", "minimum": 1, "description": "The key version used."}
-_CONTEXT = {"$ref": "#/components/schemas/EncryptionContext"}
-_SEALED = _object(
-    {
-        "ciphertextBlob": _b64("The ciphertext blob (DESIGN.md section 4)."),
-        "keyId": _KEY_ID,
-        "keyVersion": _KEY_VERSION,
-    },
-    ("ciphertextBlob", "keyId", "keyVersion"),
+from kms_operator import contract
+from kms_operator.errors import (
+    AccessDenied,
+    InvalidCiphertext,
+    InvalidRequest,
+    KeyDisabled,
+    KeyPendingDeletion,
+    KeyPendingImport,
+    KeyStateError,
+    KmsError,
+    NotFound,
+    Unauthenticated,
 )
-_NUMBER_OF_BYTES = {"type": "integer", "minimum": RANDOM_BYTES[0], "maximum": RANDOM_BYTES[1]}
-_TIME = {"type": ["string", "null"], "format": "date-time"}
+from kms_operator.keys.service import ALIAS_PREFIX as ALIAS_REFERENCE_PREFIX
+from kms_operator.keys.service import MAX_PLAINTEXT
 
-SCHEMAS: dict[str, Schema] = {
-    "Error": _object(
-        {
-            "error": _object(
-                {
-                    "code": {"type": "string", "enum": sorted(_ERRORS)},
-                    "message": {"type": "string"},
-                },
-                ("code", "message"),
-            )
-        },
-        ("error",),
-    ),
-    "EncryptionContext": {
-        "type": "object",
-        "additionalProperties": {"type": "string"},
-        "description": "Authenticated, not encrypted: decrypt needs the same map.",
-    },
-    "EncryptRequest": _object(
-        {
-            "plaintext": _b64(f"At most {MAX_PLAINTEXT} bytes.", MAX_PLAINTEXT),
-            "encryptionContext": _CONTEXT,
-        },
-        ("plaintext",),
-    ),
-    "EncryptResponse": _SEALED,
-    "GenerateDataKeyRequest": _object(
-        {
-            "keySpec": {"type": "string", "enum": list(DATA_KEY_SPECS), "default": "AES_256"},
-            "numberOfBytes": {**_NUMBER_OF_BYTES, "description": "Instead of keySpec."},
-            "encryptionContext": _CONTEXT,
-            "withoutPlaintext": {"type": "boolean", "default": False},
-        }
-    ),
-    "GenerateDataKeyResponse": _object(
-        {
-            "ciphertextBlob": _b64("The data key, encrypted under the CMK."),
-            "plaintext": _b64("The data key; absent when withoutPlaintext is true."),
-            "keyId": _KEY_ID,
-            "keyVersion": _KEY_VERSION,
-        },
-        ("ciphertextBlob", "keyId", "keyVersion"),
-    ),
-    "DecryptRequest": _object(
-        {"ciphertextBlob": _b64("A blob from encrypt.", MAX_BLOB), "encryptionContext": _CONTEXT},
-        ("ciphertextBlob",),
-    ),
-    "DecryptResponse": _object(
-        {"plaintext": _b64("The plaintext."), "keyId": _KEY_ID, "keyVersion": _KEY_VERSION},
-        ("plaintext", "keyId", "keyVersion"),
-    ),
-    "ReEncryptRequest": _object(
-        {
-            "ciphertextBlob": _b64("A blob from encrypt.", MAX_BLOB),
-            "sourceEncryptionContext": _CONTEXT,
-            "destination": _object(
-                {
-                    "namespace": {"type": "string"},
-                    "key": {"type": "string", "description": "Name, key id or alias/<name>."},
-                },
-                ("namespace", "key"),
-            ),
-            "destinationEncryptionContext": _CONTEXT,
-        },
-        ("ciphertextBlob", "destination"),
-    ),
-    "ReEncryptResponse": _object(
-        {
-            "ciphertextBlob": _b64("The blob under the destination key."),
-            "keyId": _KEY_ID,
-            "keyVersion": _KEY_VERSION,
-            "sourceKeyId": _KEY_ID,
-            "sourceKeyVersion": _KEY_VERSION,
-        },
-        ("ciphertextBlob", "keyId", "keyVersion"),
-    ),
-    "RandomRequest": _object({"numberOfBytes": _NUMBER_OF_BYTES}, ("numberOfBytes",)),
-    "RandomResponse": _object({"plaintext": _b64("Random bytes.")}, ("plaintext",)),
-    "KeyMetadata": {
-        "type": "object",
-        "description": "What the CMK's status publishes; never key material.",
-        "properties": {
-            "keyId": _KEY_ID,
-            "namespace": {"type": "string"},
-            "name": {"type": "string"},
-            "state": {
-                "type": "string",
-                "enum": [
-                    "Creating",
-                    "Enabled",
-                    "Disabled",
-                    "PendingImport",
-                    "PendingDeletion",
-                    "Destroyed",
-                ],
-            },
-            "origin": {"type": "string", "enum": ["KMS", "EXTERNAL"]},
-            "keySpec": {"type": "string"},
-            "keyUsage": {"type": "string"},
-            "description": {"type": "string"},
-            "enabled": {"type": "boolean"},
-            "aliases": {"type": "array", "items": {"type": "string"}},
-            "default": {"type": "boolean"},
-            "createdAt": _TIME,
-            "currentVersion": {"type": "integer"},
-            "versions": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "properties": {
-                        "version": {"type": "integer"},
-                        "createdAt": _TIME,
-                        "state": {"type": "string"},
-                        "importedAt": _TIME,
-                        "expiresAt": _TIME,
-                    },
-                },
-            },
-            "rotation": {
-                "type": "object",
-                "properties": {
-                    "periodDays": {"type": ["integer", "null"]},
-                    "lastRotatedAt": _TIME,
-                    "nextRotationAt": _TIME,
-                },
-            },
-            "deletionDate": _TIME,
-        },
-    },
-    "Health": {"type": "object", "properties": {"status": {"type": "string"}}},
+from . import bodies, crypto_routes, models
+from .auth import ReviewsBusy
+from .bodies import SCHEMA_REF
+from .calls import MAX_NAMESPACE_CHARS, MAX_REFERENCE_CHARS, RequestTimedOut
+from .kinds import Schema
+
+#: The resource whose RBAC verbs the API checks.
+_CMK_RESOURCE = f"{contract.CMK_PLURAL}.{contract.GROUP}"
+
+#: What each error the API answers with means to a caller (code and status: the class's).
+ERRORS: dict[type[KmsError], str] = {
+    InvalidRequest: "The body or a parameter is malformed; the message names the field.",
+    RequestTimedOut: "The request body did not arrive within the request timeout; the "
+    "connection is closed.",
+    InvalidCiphertext: "The blob is altered, truncated, from another key, or the encryption "
+    "context does not match (one message for all).",
+    Unauthenticated: "No Bearer token, a token that is not a ServiceAccount token (JWT), or one "
+    "the API server does not accept for the KMS's audience "
+    f"({contract.TOKEN_AUDIENCE} unless configured).",
+    AccessDenied: f"The caller lacks the RBAC verb on {_CMK_RESOURCE}.",
+    NotFound: "No such key (name, key id or alias) in the namespace.",
+    KeyDisabled: "The key is disabled (spec.enabled: false).",
+    KeyPendingImport: "The key (or the blob's version) has no key material.",
+    KeyPendingDeletion: "The key is scheduled for deletion; the use is audited.",
+    KeyStateError: "The key is in another state that refuses crypto (Destroyed).",
+    KmsError: "Unexpected failure, or the audit line could not be written.",
+    ReviewsBusy: "Too many new callers are being checked with the Kubernetes API at once; "
+    "retry after the Retry-After header's seconds.",
 }
 
+_KEY_STATE_ERRORS = (KeyDisabled, KeyPendingImport, KeyPendingDeletion, KeyStateError)
+_AUTH_ERRORS = (Unauthenticated, AccessDenied)
 
-def _errors(*codes: str) -> dict[str, Schema]:
-    by_status: dict[int, list[str]] = {}
-    for code in (*codes, "InternalError"):
-        by_status.setdefault(_ERRORS[code][0], []).append(code)
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """One authenticated, audited route: the bodies it reads and answers, the errors it may
+    answer besides InternalError and ServiceUnavailable (and 408 when it reads a body)."""
+
+    method: str
+    path: str
+    operation_id: str
+    summary: str
+    request: type[bodies.Request] | None
+    response: type[bodies.Response]
+    errors: tuple[type[KmsError], ...]
+    parameters: tuple[Schema, ...] = ()
+
+
+def _template(route: str) -> str:
+    """An aiohttp route as an OpenAPI path: ``{alias:[A-Za-z0-9/_-]+}`` becomes ``{alias}``."""
+    return re.sub(r"\{(\w+):[^}]*\}", r"{\1}", route)
+
+
+def _parameter(name: str, description: str, **schema: object) -> Schema:
     return {
-        str(status): {
-            "description": "; ".join(f"{c}: {_ERRORS[c][1]}" for c in names),
-            "content": {"application/json": {"schema": _ref("Error")}},
-        }
-        for status, names in sorted(by_status.items())
+        "name": name,
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", **schema},
+        "description": description,
     }
 
 
-_NS = {
-    "name": "ns",
-    "in": "path",
-    "required": True,
-    "schema": {"type": "string"},
-    "description": "The namespace.",
-}
-_KEY = {
-    "name": "key",
-    "in": "path",
-    "required": True,
-    "schema": {"type": "string"},
-    "description": "A CMK name or key id.",
-}
-_ALIAS = {
-    "name": "alias",
-    "in": "path",
-    "required": True,
-    "schema": {"type": "string"},
-    "description": "The alias without its 'alias/' prefix; it may contain '/'.",
-}
-_KEY_STATE_ERRORS = ("KeyDisabled", "KeyPendingImport", "KeyPendingDeletion", "KeyInvalidState")
-_AUTH_ERRORS = ("Unauthenticated", "AccessDenied")
+_NAMESPACE = _parameter("ns", "The namespace.", maxLength=MAX_NAMESPACE_CHARS)
+_KEY = _parameter("key", "A CMK name or key id.", maxLength=MAX_REFERENCE_CHARS)
+_ALIAS = _parameter(
+    "alias",
+    "The alias without its 'alias/' prefix; it may contain '/'.",
+    pattern=f"^{crypto_routes.ALIAS_PATTERN}$",
+    maxLength=MAX_REFERENCE_CHARS - len(ALIAS_REFERENCE_PREFIX),
+)
 
 
-def _operation(
-    operation_id: str,
-    summary: str,
-    request: str | None,
-    response: str,
-    errors: tuple[str, ...],
-    *,
-    parameters: list[Schema] | None = None,
-    secured: bool = True,
-) -> Schema:
+def _key_operations(prefix: str, suffix: str, parameter: Schema) -> tuple[Operation, ...]:
+    """The routes under ``/keys/{key}`` (or their twins under ``/aliases/{alias}``)."""
+    path, parameters = _template(prefix), (_NAMESPACE, parameter)
+    return (
+        Operation(
+            "get",
+            path,
+            f"describeKey{suffix}",
+            "A key's metadata (RBAC verb get on the CMK).",
+            None,
+            models.KeyMetadata,
+            (InvalidRequest, *_AUTH_ERRORS, NotFound),
+            parameters,
+        ),
+        Operation(
+            "post",
+            f"{path}/encrypt",
+            f"encrypt{suffix}",
+            f"Encrypt up to {MAX_PLAINTEXT} bytes under the key's current version (verb encrypt).",
+            models.EncryptRequest,
+            models.EncryptResponse,
+            (InvalidRequest, *_AUTH_ERRORS, NotFound, *_KEY_STATE_ERRORS),
+            parameters,
+        ),
+        Operation(
+            "post",
+            f"{path}/generate-data-key",
+            f"generateDataKey{suffix}",
+            "A new data key, in plaintext and encrypted (verb generatedatakey).",
+            models.GenerateDataKeyRequest,
+            models.GenerateDataKeyResponse,
+            (InvalidRequest, *_AUTH_ERRORS, NotFound, *_KEY_STATE_ERRORS),
+            parameters,
+        ),
+    )
+
+
+OPERATIONS: tuple[Operation, ...] = (
+    *_key_operations(crypto_routes.KEY_PREFIX, "", _KEY),
+    *_key_operations(crypto_routes.ALIAS_PREFIX, "ByAlias", _ALIAS),
+    Operation(
+        "post",
+        "/v1/decrypt",
+        "decrypt",
+        "Decrypt a blob; the key comes from its header (verb decrypt on that key).",
+        models.DecryptRequest,
+        models.DecryptResponse,
+        (InvalidRequest, InvalidCiphertext, *_AUTH_ERRORS, *_KEY_STATE_ERRORS),
+    ),
+    Operation(
+        "post",
+        "/v1/re-encrypt",
+        "reEncrypt",
+        "Decrypt and encrypt under another key without revealing the plaintext "
+        "(decrypt on the source, encrypt on the destination).",
+        models.ReEncryptRequest,
+        models.ReEncryptResponse,
+        (InvalidRequest, InvalidCiphertext, *_AUTH_ERRORS, NotFound, *_KEY_STATE_ERRORS),
+    ),
+    Operation(
+        "post",
+        "/v1/random",
+        "random",
+        "Random bytes (any authenticated caller).",
+        models.RandomRequest,
+        models.RandomResponse,
+        (InvalidRequest, Unauthenticated),
+    ),
+)
+
+
+def _json(schema: Schema) -> Schema:
+    return {"application/json": {"schema": schema}}
+
+
+def _errors(*errors: type[KmsError]) -> dict[str, Schema]:
+    by_status: dict[int, list[type[KmsError]]] = {}
+    for error in errors:
+        by_status.setdefault(error.status, []).append(error)
+    return {
+        str(status): {
+            "description": "; ".join(f"{e.code}: {ERRORS[e]}" for e in found),
+            "content": _json({"$ref": SCHEMA_REF + "Error"}),
+        }
+        for status, found in sorted(by_status.items())
+    }
+
+
+def _operation(operation: Operation) -> Schema:
+    errors = (*operation.errors, KmsError, ReviewsBusy)
+    if operation.request is not None:
+        errors = (*errors, RequestTimedOut)
     op: Schema = {
-        "operationId": operation_id,
-        "summary": summary,
+        "operationId": operation.operation_id,
+        "summary": operation.summary,
         "responses": {
             "200": {
                 "description": "Success.",
-                "content": {"application/json": {"schema": _ref(response)}},
+                "content": _json({"$ref": SCHEMA_REF + operation.response.__name__}),
             },
             **_errors(*errors),
         },
     }
-    if parameters:
-        op["parameters"] = parameters
-    if request is not None:
+    if operation.parameters:
+        op["parameters"] = list(operation.parameters)
+    if operation.request is not None:
+        # Every field is optional in some requests: then an empty body counts as {}.
+        optional = "required" not in operation.request.schema()
         op["requestBody"] = {
-            "required": True,
-            "content": {"application/json": {"schema": _ref(request)}},
+            "required": not optional,
+            "content": _json({"$ref": SCHEMA_REF + operation.request.__name__}),
         }
-        op["responses"]["408"] = _TIMEOUT_RESPONSE
-    if secured:
-        op["responses"].update(_errors("ServiceUnavailable"))
-    if not secured:
-        op["security"] = []
     return op
 
 
-def _key_routes() -> dict[str, Schema]:
-    paths: dict[str, Schema] = {}
-    for kind, param in (("keys/{key}", _KEY), ("aliases/{alias}", _ALIAS)):
-        suffix = "ByAlias" if param is _ALIAS else ""
-        base = f"/v1/namespaces/{{ns}}/{kind}"
-        params = [_NS, param]
-        paths[base] = {
-            "get": _operation(
-                f"describeKey{suffix}",
-                "A key's metadata (RBAC verb get on the CMK).",
-                None,
-                "KeyMetadata",
-                ("InvalidRequest", *_AUTH_ERRORS, "NotFound"),
-                parameters=params,
-            )
-        }
-        paths[f"{base}/encrypt"] = {
-            "post": _operation(
-                f"encrypt{suffix}",
-                "Encrypt up to 4096 bytes under the key's current version (verb encrypt).",
-                "EncryptRequest",
-                "EncryptResponse",
-                ("InvalidRequest", *_AUTH_ERRORS, "NotFound", *_KEY_STATE_ERRORS),
-                parameters=params,
-            )
-        }
-        paths[f"{base}/generate-data-key"] = {
-            "post": _operation(
-                f"generateDataKey{suffix}",
-                "A new data key, in plaintext and encrypted (verb generatedatakey).",
-                "GenerateDataKeyRequest",
-                "GenerateDataKeyResponse",
-                ("InvalidRequest", *_AUTH_ERRORS, "NotFound", *_KEY_STATE_ERRORS),
-                parameters=params,
-            )
-        }
-    return paths
+def _unsecured(operation_id: str, summary: str, responses: Schema) -> Schema:
+    return {"get": {"operationId": operation_id, "summary": summary, "security": [], **responses}}
+
+
+def _error_schema() -> Schema:
+    """The body of every error answer (:func:`.calls.error_body`)."""
+    return {
+        "type": "object",
+        "description": "An error: its code says what went wrong, the message names the field, "
+        "state or key.",
+        "additionalProperties": False,
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["code", "message"],
+                "properties": {
+                    "code": {"type": "string", "enum": sorted({e.code for e in ERRORS})},
+                    "message": {"type": "string"},
+                },
+            }
+        },
+    }
+
+
+_HEALTH: Schema = {
+    "type": "object",
+    "description": "Health or readiness, and what keeps a replica from being ready.",
+    "properties": {
+        "status": {"type": "string"},
+        "problems": {"type": "array", "items": {"type": "string"}},
+    },
+    "required": ["status"],
+}
 
 
 def document() -> Schema:
-    health = {"application/json": {"schema": _ref("Health")}}
+    health = {"content": _json({"$ref": SCHEMA_REF + "Health"})}
+    paths: dict[str, Schema] = {}
+    for operation in OPERATIONS:
+        paths.setdefault(operation.path, {})[operation.method] = _operation(operation)
+    paths["/healthz"] = _unsecured(
+        "healthz",
+        "200 while the server serves.",
+        {"responses": {"200": {"description": "Serving.", **health}}},
+    )
+    paths["/readyz"] = _unsecured(
+        "readyz",
+        "200 once the store is open and the cache warm, and while no component reports a problem.",
+        {
+            "responses": {
+                "200": {"description": "Ready.", **health},
+                "503": {"description": "Not ready yet, or the problems listed.", **health},
+            }
+        },
+    )
+    paths["/metrics"] = _unsecured(
+        "metrics",
+        "Prometheus metrics (text exposition format).",
+        {
+            "responses": {
+                "200": {
+                    "description": "Metrics.",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                }
+            }
+        },
+    )
+    paths["/openapi.json"] = _unsecured(
+        "openapi",
+        "This document.",
+        {"responses": {"200": {"description": "OpenAPI 3.1.", **_json({"type": "object"})}}},
+    )
+    used: set[type[bodies.Body]] = {op.request for op in OPERATIONS if op.request is not None}
+    used |= {op.response for op in OPERATIONS}
+    schemas: dict[str, Any] = {
+        **bodies.schemas(*sorted(used, key=lambda body: body.__name__)),
+        "Error": _error_schema(),
+        "Health": _HEALTH,
+    }
     return {
         "openapi": "3.1.0",
         "info": {
@@ -337,105 +311,24 @@ def document() -> Schema:
             "version": "v1",
             "description": (
                 "Envelope encryption with customer master keys declared as "
-                "CustomerMasterKey resources. Every /keys/{key}/ route also exists as "
+                f"{contract.CMK_KIND} resources. Every /keys/{{key}}/ route also exists as "
                 "/aliases/{alias}/. Binary fields are standard base64. Every call is "
                 "audited; calls whose audit line cannot be written fail with 500."
             ),
         },
         "security": [{"bearer": []}],
-        "paths": {
-            **_key_routes(),
-            "/v1/decrypt": {
-                "post": _operation(
-                    "decrypt",
-                    "Decrypt a blob; the key comes from its header (verb decrypt on that key).",
-                    "DecryptRequest",
-                    "DecryptResponse",
-                    ("InvalidRequest", "InvalidCiphertext", *_AUTH_ERRORS, *_KEY_STATE_ERRORS),
-                )
-            },
-            "/v1/re-encrypt": {
-                "post": _operation(
-                    "reEncrypt",
-                    "Decrypt and encrypt under another key without revealing the plaintext "
-                    "(decrypt on the source, encrypt on the destination).",
-                    "ReEncryptRequest",
-                    "ReEncryptResponse",
-                    (
-                        "InvalidRequest",
-                        "InvalidCiphertext",
-                        *_AUTH_ERRORS,
-                        "NotFound",
-                        *_KEY_STATE_ERRORS,
-                    ),
-                )
-            },
-            "/v1/random": {
-                "post": _operation(
-                    "random",
-                    "Random bytes (any authenticated caller).",
-                    "RandomRequest",
-                    "RandomResponse",
-                    ("InvalidRequest", "Unauthenticated"),
-                )
-            },
-            "/healthz": {
-                "get": {
-                    "operationId": "healthz",
-                    "summary": "200 while the server serves.",
-                    "security": [],
-                    "responses": {"200": {"description": "Serving.", "content": health}},
-                }
-            },
-            "/readyz": {
-                "get": {
-                    "operationId": "readyz",
-                    "summary": "200 once the store is open and the cache warm.",
-                    "security": [],
-                    "responses": {
-                        "200": {"description": "Ready.", "content": health},
-                        "503": {"description": "Not ready yet.", "content": health},
-                    },
-                }
-            },
-            "/metrics": {
-                "get": {
-                    "operationId": "metrics",
-                    "summary": "Prometheus metrics (text exposition format).",
-                    "security": [],
-                    "responses": {
-                        "200": {
-                            "description": "Metrics.",
-                            "content": {"text/plain": {"schema": {"type": "string"}}},
-                        }
-                    },
-                }
-            },
-            "/openapi.json": {
-                "get": {
-                    "operationId": "openapi",
-                    "summary": "This document.",
-                    "security": [],
-                    "responses": {
-                        "200": {
-                            "description": "OpenAPI 3.1.",
-                            "content": {"application/json": {"schema": {"type": "object"}}},
-                        }
-                    },
-                }
-            },
-        },
+        "paths": paths,
         "components": {
-            "schemas": SCHEMAS,
+            "schemas": schemas,
             "securitySchemes": {
                 "bearer": {
                     "type": "http",
                     "scheme": "bearer",
                     "description": "A ServiceAccount token made for the KMS's audience "
-                    "(kms.cmk.dev unless configured: a projected token in a pod, or "
-                    "TokenRequest), checked by TokenReview, whose reviewed audiences must "
-                    "include it; authorization by SubjectAccessReview on "
-                    "customermasterkeys.kms.cmk.dev.",
+                    f"({contract.TOKEN_AUDIENCE} unless configured: a projected token in a "
+                    "pod, or TokenRequest), checked by TokenReview, whose reviewed audiences "
+                    "must include it; authorization by SubjectAccessReview on "
+                    f"{_CMK_RESOURCE}.",
                 }
             },
         },

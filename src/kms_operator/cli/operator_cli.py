@@ -27,8 +27,9 @@ from kms_operator.kube.client import load_api_client
 from kms_operator.kube.crds import apply_crds, ensure_namespace
 from kms_operator.logs import configure_logging
 from kms_operator.settings import Settings
+from kms_operator.store.backups import restore_store
 from kms_operator.store.rootkey import load_root_key_file
-from kms_operator.store.sqlite import SqliteKeyStore, restore_store
+from kms_operator.store.sqlite import SqliteKeyStore
 
 log = logging.getLogger(__name__)
 

@@ -12,6 +12,9 @@ Each public method is one ``BEGIN IMMEDIATE`` transaction; :data:`fault_hook` le
 kill the process between statements to prove it. Every failure of SQLite or the file system
 (disk full, database locked, read-only file) is raised as the retryable
 :class:`~kms_operator.errors.StoreError`, never as a raw ``sqlite3`` exception.
+
+The schema and what each open does before serving are in :mod:`.migrations`, rows and records
+both ways in :mod:`.rows`, restoring a backup in :mod:`.backups`.
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import shutil
 import sqlite3
 import threading
 import time
@@ -30,31 +32,20 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from kms_operator.errors import AliasConflict, StoreError
+from kms_operator.errors import StoreError
 
-from .records import (
-    ImportParameters,
-    KeyRecord,
-    KeySpec,
-    KeyUsage,
-    Origin,
-    VersionRecord,
-    VersionState,
-)
+from . import migrations, rows
+from .migrations import ELAPSED, FINGERPRINTS_V1, MIGRATIONS, SCHEMA_VERSION, SHRED_PENDING
+from .records import ImportParameters, KeyRecord, VersionState
 from .rootkey import RootKey
+
+__all__ = ["DEFAULT_SHRED_BACKOFF", "MIGRATIONS", "SCHEMA_VERSION", "SqliteKeyStore"]
 
 #: Called with a point name inside transactions. Only crash-safety tests set it.
 fault_hook: Callable[[str], None] | None = None
 
 log = logging.getLogger(__name__)
 
-_CHECK_LABEL = "root-key-check"
-_CHECK_VALUE = b"kms-operator root key check"
-#: meta rows: the elapsed-time counter (microseconds), a destruction whose checkpoint has not
-#: completed yet, fingerprints still in their v1 form (set by migration 4, cleared at open).
-_ELAPSED = "elapsed-us"
-_SHRED_PENDING = "shred-pending"
-_FINGERPRINTS_V1 = "fingerprints-v1"
 _BUSY_TIMEOUT_MS = 30_000
 #: Pauses between checkpoint attempts after a destruction, in the caller's thread (~1 s).
 DEFAULT_SHRED_BACKOFF: tuple[float, ...] = (0.01, 0.02, 0.05, 0.1, 0.2, 0.6)
@@ -62,102 +53,10 @@ DEFAULT_SHRED_BACKOFF: tuple[float, ...] = (0.01, 0.02, 0.05, 0.1, 0.2, 0.6)
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
-# Each entry migrates the schema from version i to i + 1; append, never edit.
-MIGRATIONS: tuple[str, ...] = (
-    """
-    CREATE TABLE meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);
-    CREATE TABLE keys (
-        key_id TEXT PRIMARY KEY,
-        namespace TEXT NOT NULL,
-        name TEXT NOT NULL,
-        origin TEXT NOT NULL,
-        key_spec TEXT NOT NULL,
-        key_usage TEXT NOT NULL,
-        description TEXT NOT NULL,
-        enabled INTEGER NOT NULL,
-        rotation_period_days INTEGER,
-        last_rotated_at TEXT,
-        next_rotation_at TEXT,
-        deletion_requested_at TEXT,
-        deletion_date TEXT,
-        destroyed_at TEXT,
-        default_service TEXT,
-        created_at TEXT NOT NULL,
-        state TEXT NOT NULL
-    );
-    CREATE UNIQUE INDEX keys_binding ON keys (namespace, name) WHERE destroyed_at IS NULL;
-    CREATE TABLE versions (
-        key_id TEXT NOT NULL REFERENCES keys (key_id),
-        version INTEGER NOT NULL,
-        created_at TEXT NOT NULL,
-        state TEXT NOT NULL,
-        fingerprint BLOB,
-        imported_at TEXT,
-        expires_at TEXT,
-        PRIMARY KEY (key_id, version)
-    );
-    CREATE TABLE material (
-        key_id TEXT NOT NULL,
-        version INTEGER NOT NULL,
-        wrapped BLOB NOT NULL,
-        PRIMARY KEY (key_id, version),
-        FOREIGN KEY (key_id, version) REFERENCES versions (key_id, version)
-    );
-    CREATE TABLE aliases (
-        namespace TEXT NOT NULL,
-        alias TEXT NOT NULL,
-        key_id TEXT NOT NULL REFERENCES keys (key_id),
-        PRIMARY KEY (namespace, alias)
-    );
-    CREATE TABLE import_parameters (
-        token TEXT PRIMARY KEY,
-        key_id TEXT NOT NULL REFERENCES keys (key_id),
-        wrapping_algorithm TEXT NOT NULL,
-        wrapping_key_spec TEXT NOT NULL,
-        public_key_pem TEXT NOT NULL,
-        wrapped_private_key BLOB NOT NULL,
-        expires_at TEXT NOT NULL
-    );
-    """,
-    # 2: keys are bound to the UIDs of their namespace and object, and may be detached (a
-    # namespace re-created with the same name never inherits the old tenant's keys).
-    """
-    ALTER TABLE keys ADD COLUMN namespace_uid TEXT;
-    ALTER TABLE keys ADD COLUMN object_uid TEXT;
-    ALTER TABLE keys ADD COLUMN detached_at TEXT;
-    DROP INDEX keys_binding;
-    CREATE UNIQUE INDEX keys_binding ON keys (namespace, name)
-        WHERE destroyed_at IS NULL AND detached_at IS NULL;
-    """,
-    # 3: destruction also waits on elapsed time (monotonic, persisted): the counter, and its
-    # value at each deletion request. Keys already pending deletion restart their window on
-    # that measure from the counter's value now (later, never earlier, than their date).
-    """
-    ALTER TABLE keys ADD COLUMN deletion_requested_elapsed INTEGER;
-    INSERT OR IGNORE INTO meta (name, value) VALUES ('elapsed-us', 0);
-    UPDATE keys SET deletion_requested_elapsed = (SELECT value FROM meta WHERE name = 'elapsed-us')
-        WHERE deletion_date IS NOT NULL AND destroyed_at IS NULL;
-    """,
-    # 4: fingerprints keyed from the root key. SQL cannot compute them: this flags the v1
-    # fingerprints, which the first open with the root key rewrites (one transaction).
-    """
-    INSERT OR IGNORE INTO meta (name, value) VALUES ('fingerprints-v1', 1);
-    """,
-)
-SCHEMA_VERSION = len(MIGRATIONS)
-
 
 def _fault(point: str) -> None:
     if fault_hook is not None:
         fault_hook(point)
-
-
-def _ts(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat()
-
-
-def _dt(value: str | None) -> datetime | None:
-    return None if value is None else datetime.fromisoformat(value)
 
 
 def _store_errors(
@@ -209,13 +108,14 @@ class SqliteKeyStore:
                 self._conn.execute("PRAGMA synchronous=FULL")
                 self._conn.execute("PRAGMA secure_delete=ON")
                 self._conn.execute("PRAGMA foreign_keys=ON")
-                self._migrate()
-                self._check_root_key()
-                self._upgrade_fingerprints()
+                migrations.migrate(self._conn, self._transaction, path)
+                migrations.check_root_key(self._conn, self._transaction, root_key, path)
+                if self._meta(FINGERPRINTS_V1) is not None:
+                    migrations.upgrade_fingerprints(self._transaction, root_key, path)
                 # A destruction whose checkpoint did not complete (killed, or a reader held the
                 # WAL) left old pages (wrapped material) in the file or the WAL: finish it now.
                 # Stores of older versions kept no pending row: one attempt in every case.
-                self._shred_pending = self._meta(_SHRED_PENDING) is not None
+                self._shred_pending = self._meta(SHRED_PENDING) is not None
                 if self._shred_pending:
                     self._checkpoint()
                 else:
@@ -228,60 +128,6 @@ class SqliteKeyStore:
 
     def __repr__(self) -> str:
         return f"SqliteKeyStore({str(self.path)!r})"
-
-    # -- schema --------------------------------------------------------------------------
-
-    def _migrate(self) -> None:
-        (current,) = self._conn.execute("PRAGMA user_version").fetchone()
-        if current > SCHEMA_VERSION:
-            raise StoreError(
-                f"the store {self.path} has schema version {current}, newer than this "
-                f"kms-operator understands ({SCHEMA_VERSION}); upgrade kms-operator"
-            )
-        for number in range(current, SCHEMA_VERSION):
-            with self._transaction() as conn:
-                for statement in MIGRATIONS[number].split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-                conn.execute(f"PRAGMA user_version={number + 1}")
-
-    def _check_root_key(self) -> None:
-        row = self._conn.execute(
-            "SELECT value FROM meta WHERE name = ?", (_CHECK_LABEL,)
-        ).fetchone()
-        if row is None:
-            with self._transaction() as conn:
-                conn.execute(
-                    "INSERT INTO meta (name, value) VALUES (?, ?)",
-                    (_CHECK_LABEL, self._root_key.wrap_secret(_CHECK_LABEL, _CHECK_VALUE)),
-                )
-            return
-        try:
-            self._root_key.unwrap_secret(_CHECK_LABEL, row[0])
-        except StoreError:
-            raise StoreError(
-                f"the root key does not match the store {self.path}: it was created with "
-                "another root key (restore the original root key Secret)"
-            ) from None
-
-    def _upgrade_fingerprints(self) -> None:
-        """v1 fingerprints (HMAC keyed by the key id) become v2: HMAC(derived key, v1)."""
-        if self._meta(_FINGERPRINTS_V1) is None:
-            return
-        with self._transaction() as conn:
-            rows = conn.execute(
-                "SELECT key_id, version, fingerprint FROM versions WHERE fingerprint IS NOT NULL"
-            ).fetchall()
-            conn.executemany(
-                "UPDATE versions SET fingerprint = ? WHERE key_id = ? AND version = ?",
-                [
-                    (self._root_key.upgrade_fingerprint(bytes(fp)), key_id, version)
-                    for key_id, version, fp in rows
-                ],
-            )
-            conn.execute("DELETE FROM meta WHERE name = ?", (_FINGERPRINTS_V1,))
-        if rows:
-            log.info("store %s: %d fingerprints now keyed from the root key", self.path, len(rows))
 
     def _meta(self, name: str) -> Any:
         with self._lock:
@@ -310,62 +156,16 @@ class SqliteKeyStore:
     @_store_errors
     def list_keys(self) -> list[KeyRecord]:
         with self._lock:
-            rows = self._conn.execute(_SELECT_KEY + " ORDER BY created_at, key_id").fetchall()
-            return [self._record(row) for row in rows]
+            found = self._conn.execute(rows.SELECT_KEY + " ORDER BY created_at, key_id")
+            return [rows.read_record(self._conn, row) for row in found.fetchall()]
 
     @_store_errors
     def get(self, key_id: uuid.UUID) -> KeyRecord | None:
         with self._lock:
-            row = self._conn.execute(_SELECT_KEY + " WHERE key_id = ?", (str(key_id),)).fetchone()
-            return None if row is None else self._record(row)
-
-    def _record(self, row: Any) -> KeyRecord:
-        key_id = str(row[0])
-        versions = tuple(
-            VersionRecord(
-                version=v[0],
-                created_at=datetime.fromisoformat(v[1]),
-                state=VersionState(v[2]),
-                fingerprint=v[3],
-                imported_at=_dt(v[4]),
-                expires_at=_dt(v[5]),
-            )
-            for v in self._conn.execute(
-                "SELECT version, created_at, state, fingerprint, imported_at, expires_at "
-                "FROM versions WHERE key_id = ? ORDER BY version",
-                (key_id,),
-            )
-        )
-        aliases = tuple(
-            a
-            for (a,) in self._conn.execute(
-                "SELECT alias FROM aliases WHERE key_id = ? ORDER BY alias", (key_id,)
-            )
-        )
-        return KeyRecord(
-            key_id=uuid.UUID(key_id),
-            namespace=str(row[1]),
-            name=str(row[2]),
-            origin=Origin(row[3]),
-            key_spec=KeySpec(row[4]),
-            key_usage=KeyUsage(row[5]),
-            description=str(row[6]),
-            enabled=bool(row[7]),
-            rotation_period_days=row[8],
-            last_rotated_at=_dt(row[9]),
-            next_rotation_at=_dt(row[10]),
-            deletion_requested_at=_dt(row[11]),
-            deletion_date=_dt(row[12]),
-            destroyed_at=_dt(row[13]),
-            default_service=row[14],
-            created_at=datetime.fromisoformat(str(row[15])),
-            namespace_uid=row[17],
-            object_uid=row[18],
-            detached_at=_dt(row[19]),
-            deletion_requested_elapsed=row[20],
-            versions=versions,
-            aliases=aliases,
-        )
+            row = self._conn.execute(
+                rows.SELECT_KEY + " WHERE key_id = ?", (str(key_id),)
+            ).fetchone()
+            return None if row is None else rows.read_record(self._conn, row)
 
     @_store_errors
     def load_material(self, key_id: uuid.UUID, version: int) -> bytes | None:
@@ -388,20 +188,13 @@ class SqliteKeyStore:
             ).fetchone()
         if row is None:
             return None
-        params = ImportParameters(
-            token=token,
-            key_id=uuid.UUID(row[0]),
-            wrapping_algorithm=row[1],
-            wrapping_key_spec=row[2],
-            public_key_pem=row[3],
-            expires_at=datetime.fromisoformat(row[5]),
-        )
+        params = rows.import_parameters(token, row)
         return params, self._root_key.unwrap_secret(f"import/{token}", row[4])
 
     @_store_errors
     def load_elapsed(self) -> int:
         """The elapsed-time counter last persisted (microseconds; 0 for a new store)."""
-        value = self._meta(_ELAPSED)
+        value = self._meta(ELAPSED)
         return 0 if value is None else int(value)
 
     def fingerprint(self, key_id: uuid.UUID, material: bytes) -> bytes:
@@ -428,8 +221,8 @@ class SqliteKeyStore:
         try:
             with self._transaction() as conn:
                 conn.execute(
-                    _INSERT_KEY,
-                    _key_row(record),
+                    rows.INSERT_KEY,
+                    rows.key_row(record),
                 )
                 _write_elapsed(conn, elapsed_us)
                 _fault("create:key-row")
@@ -439,7 +232,7 @@ class SqliteKeyStore:
                 _fault("create:material")
                 self._write_aliases(conn, record)
         except sqlite3.IntegrityError as exc:
-            raise _integrity_error(record, exc) from None
+            raise migrations.integrity_error(record, exc) from None
 
     @_store_errors
     def update(
@@ -453,8 +246,8 @@ class SqliteKeyStore:
         try:
             with self._transaction() as conn:
                 changed = conn.execute(
-                    _UPDATE_KEY,
-                    (*_key_row(record), str(record.key_id)),
+                    rows.UPDATE_KEY,
+                    (*rows.key_row(record), str(record.key_id)),
                 ).rowcount
                 if changed != 1:
                     raise StoreError(f"the store has no key {record.key_id} to update")
@@ -473,7 +266,7 @@ class SqliteKeyStore:
                 _fault("update:material")
                 self._write_aliases(conn, record)
         except sqlite3.IntegrityError as exc:
-            raise _integrity_error(record, exc) from None
+            raise migrations.integrity_error(record, exc) from None
         if drop_material:
             self._shred_pending = True
             self._checkpoint()
@@ -489,8 +282,8 @@ class SqliteKeyStore:
             conn.execute("DELETE FROM import_parameters WHERE key_id = ?", (key_id,))
             conn.execute("DELETE FROM aliases WHERE key_id = ?", (key_id,))
             conn.execute(
-                _UPDATE_KEY,
-                (*_key_row(record), key_id),
+                rows.UPDATE_KEY,
+                (*rows.key_row(record), key_id),
             )
             _fault("destroy:key-row")
             self._write_versions(conn, record)
@@ -517,14 +310,8 @@ class SqliteKeyStore:
                 "INSERT INTO import_parameters (token, key_id, wrapping_algorithm, "
                 "wrapping_key_spec, public_key_pem, wrapped_private_key, expires_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    params.token,
-                    str(params.key_id),
-                    params.wrapping_algorithm,
-                    params.wrapping_key_spec,
-                    params.public_key_pem,
-                    self._root_key.wrap_secret(f"import/{params.token}", private_key_pem),
-                    params.expires_at.isoformat(),
+                rows.import_parameters_row(
+                    params, self._root_key.wrap_secret(f"import/{params.token}", private_key_pem)
                 ),
             )
 
@@ -534,18 +321,7 @@ class SqliteKeyStore:
             "expires_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key_id, version) DO UPDATE "
             "SET state = excluded.state, fingerprint = excluded.fingerprint, "
             "imported_at = excluded.imported_at, expires_at = excluded.expires_at",
-            [
-                (
-                    str(record.key_id),
-                    v.version,
-                    v.created_at.isoformat(),
-                    v.state.value,
-                    v.fingerprint,
-                    _ts(v.imported_at),
-                    _ts(v.expires_at),
-                )
-                for v in record.versions
-            ],
+            rows.version_rows(record),
         )
 
     def _write_material(
@@ -609,7 +385,7 @@ class SqliteKeyStore:
                 self._shred_pending = False  # first: the transaction below must not recurse
                 try:
                     with self._transaction() as conn:
-                        conn.execute("DELETE FROM meta WHERE name = ?", (_SHRED_PENDING,))
+                        conn.execute("DELETE FROM meta WHERE name = ?", (SHRED_PENDING,))
                 except BaseException:
                     self._shred_pending = True
                     raise
@@ -660,127 +436,9 @@ def _write_elapsed(conn: sqlite3.Connection, elapsed_us: int | None) -> None:
         conn.execute(
             "INSERT INTO meta (name, value) VALUES (?, ?) "
             "ON CONFLICT (name) DO UPDATE SET value = MAX(value, excluded.value)",
-            (_ELAPSED, elapsed_us),
+            (ELAPSED, elapsed_us),
         )
 
 
 def _mark_shred_pending(conn: sqlite3.Connection) -> None:
-    conn.execute("INSERT OR REPLACE INTO meta (name, value) VALUES (?, 1)", (_SHRED_PENDING,))
-
-
-def restore_store(backup: Path, store_path: Path, root_key: RootKey) -> None:
-    """Replace the store at ``store_path`` with ``backup``; the operator must be stopped.
-
-    The backup is opened first with the given root key, so a backup of another store (or the
-    wrong root key) is refused before anything is overwritten. The restored store resumes
-    the elapsed-time counter of the backup: pending deletions wait longer, never less.
-    """
-    try:
-        _restore(backup, store_path, root_key)
-    except (sqlite3.Error, OSError) as exc:
-        raise StoreError(f"cannot restore {backup} to {store_path}: {exc}") from None
-
-
-def _restore(backup: Path, store_path: Path, root_key: RootKey) -> None:
-    if not backup.is_file():
-        raise StoreError(f"backup {backup} does not exist")
-    store_path.parent.mkdir(parents=True, exist_ok=True)
-    staging = store_path.with_name(store_path.name + ".restoring")
-    staged = (staging, Path(f"{staging}-wal"), Path(f"{staging}-shm"))
-    for path in staged:
-        path.unlink(missing_ok=True)
-    try:
-        os.close(os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        shutil.copyfile(backup, staging)
-        _check_is_a_store(staging, backup)
-        SqliteKeyStore(staging, root_key).close()  # validates schema and root key
-    except BaseException:
-        for path in staged:
-            path.unlink(missing_ok=True)
-        raise
-    for suffix in ("-wal", "-shm"):
-        Path(f"{store_path}{suffix}").unlink(missing_ok=True)
-    staging.chmod(0o600)
-    staging.replace(store_path)
-
-
-def _check_is_a_store(staging: Path, backup: Path) -> None:
-    """An empty or unrelated file would open as a new, empty store: refuse it instead."""
-    conn = sqlite3.connect(staging)
-    try:
-        (version,) = conn.execute("PRAGMA user_version").fetchone()
-    except sqlite3.DatabaseError as exc:
-        raise StoreError(f"backup {backup} is not a key store: {exc}") from None
-    finally:
-        conn.close()
-    if version < 1:
-        raise StoreError(f"backup {backup} is empty or not a kms-operator key store")
-
-
-_KEY_COLUMN_NAMES = (
-    "key_id",
-    "namespace",
-    "name",
-    "origin",
-    "key_spec",
-    "key_usage",
-    "description",
-    "enabled",
-    "rotation_period_days",
-    "last_rotated_at",
-    "next_rotation_at",
-    "deletion_requested_at",
-    "deletion_date",
-    "destroyed_at",
-    "default_service",
-    "created_at",
-    "state",
-    "namespace_uid",
-    "object_uid",
-    "detached_at",
-    "deletion_requested_elapsed",
-)
-_KEY_COLUMNS = ", ".join(_KEY_COLUMN_NAMES)
-_KEY_PLACEHOLDERS = ", ".join("?" for _ in _KEY_COLUMN_NAMES)
-# Built from the fixed column names above, never from input.
-_SELECT_KEY = f"SELECT {_KEY_COLUMNS} FROM keys"  # noqa: S608
-_INSERT_KEY = f"INSERT INTO keys ({_KEY_COLUMNS}) VALUES ({_KEY_PLACEHOLDERS})"  # noqa: S608
-_UPDATE_KEY = f"UPDATE keys SET ({_KEY_COLUMNS}) = ({_KEY_PLACEHOLDERS}) WHERE key_id = ?"  # noqa: S608
-
-
-def _key_row(record: KeyRecord) -> tuple[object, ...]:
-    return (
-        str(record.key_id),
-        record.namespace,
-        record.name,
-        record.origin.value,
-        record.key_spec.value,
-        record.key_usage.value,
-        record.description,
-        int(record.enabled),
-        record.rotation_period_days,
-        _ts(record.last_rotated_at),
-        _ts(record.next_rotation_at),
-        _ts(record.deletion_requested_at),
-        _ts(record.deletion_date),
-        _ts(record.destroyed_at),
-        record.default_service,
-        record.created_at.isoformat(),
-        record.state.value,
-        record.namespace_uid,
-        record.object_uid,
-        _ts(record.detached_at),
-        record.deletion_requested_elapsed,
-    )
-
-
-def _integrity_error(record: KeyRecord, exc: sqlite3.IntegrityError) -> Exception:
-    text = str(exc)
-    if "aliases" in text:
-        return AliasConflict(
-            f"an alias of key {record.namespace}/{record.name} is already used by another key "
-            "in the namespace"
-        )
-    if "keys.namespace" in text or "keys_binding" in text:
-        return AliasConflict(f"a key named {record.namespace}/{record.name} already exists")
-    return StoreError(f"the store refused a write for key {record.key_id}: {text}")
+    conn.execute("INSERT OR REPLACE INTO meta (name, value) VALUES (?, 1)", (SHRED_PENDING,))

@@ -1,6 +1,6 @@
 """The operator's own audit lines: one per data key generated, decrypted or re-encrypted.
 
-The API's JSON format (:mod:`kms_operator.api.audit`), caller :data:`OPERATOR_CALLER`, plus
+The API's JSON format (:mod:`kms_operator.serving.audit`), caller :data:`OPERATOR_CALLER`, plus
 ``dataKey`` naming the DataKey served. The line is written before the result is used and the
 audit is fail-closed: if the line cannot be written, the result is dropped
 (:class:`AuditNotWritten`) and no Secret is written.
