@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 from tests.support.api import ALICE, NS, OTHER_NS, Api, b64, error, serve
+from tests.support.changes import set_enabled
 
 from kms_operator.api import models, openapi
 from kms_operator.api.auth import ReviewsBusy
@@ -156,7 +157,7 @@ async def test_error_answers_validate_and_their_statuses_are_documented(
 ) -> None:
     blob = await api.encrypt(b"x")
     api.service.create_key(OTHER_NS, "closed")
-    api.service.set_enabled(api.service.resolve(OTHER_NS, "closed").key_id, False)
+    set_enabled(api.service, api.service.resolve(OTHER_NS, "closed").key_id, False)
     api.grants.allow("alice", "encrypt", OTHER_NS)
     other = f"/v1/namespaces/{OTHER_NS}/keys"
     not_a_blob = b64(b"not a blob, but long enough to have a header....")

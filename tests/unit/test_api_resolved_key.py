@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from tests.support.changes import set_aliases
 
 from kms_operator.api.app import create_app
 from kms_operator.api.auth import StaticTokens
@@ -42,8 +43,8 @@ class AliasMovingAuthorizer:
     async def authorize(self, user: UserInfo, verb: str, namespace: str, name: str | None) -> None:
         first = self.service.resolve(NS, "first")
         if first.aliases:
-            self.service.set_aliases(first.key_id, ())
-            self.service.set_aliases(self.service.resolve(NS, "second").key_id, ("alias/a",))
+            set_aliases(self.service, first.key_id, ())
+            set_aliases(self.service, self.service.resolve(NS, "second").key_id, ("alias/a",))
         assert name == "first"
 
 

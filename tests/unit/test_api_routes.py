@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from tests.support.api import ALICE, BOB, NS, OTHER_NS, Api, MemorySink, b64, error, serve, unb64
+from tests.support.changes import rotate, set_enabled
 
 from kms_operator.api.app import create_app
 from kms_operator.api.auth import ReviewsBusy, StaticTokens
@@ -152,7 +153,7 @@ async def test_random_needs_only_authentication(api: Api) -> None:
 
 async def test_describe_key_by_name_and_alias(api: Api) -> None:
     api.grants.allow("alice", "get", NS, "payments")
-    api.service.rotate(api.key.key_id)
+    rotate(api.service, api.key.key_id)
     for path in (f"/v1/namespaces/{NS}/keys/payments", f"/v1/namespaces/{NS}/aliases/team/orders"):
         status, answer = await api.call("GET", path)
         assert status == 200, answer
@@ -168,7 +169,7 @@ async def test_describe_key_by_name_and_alias(api: Api) -> None:
 async def test_rotated_key_encrypts_with_new_version_and_decrypts_old(api: Api) -> None:
     api.grants.allow("alice", "encrypt,decrypt", NS)
     old = await api.encrypt(b"v1 data")
-    api.service.rotate(api.key.key_id)
+    rotate(api.service, api.key.key_id)
     status, answer = await api.post(
         f"/v1/namespaces/{NS}/keys/payments/encrypt", {"plaintext": b64(b"v2 data")}
     )
@@ -282,7 +283,7 @@ async def test_key_of_another_namespace_is_not_found_by_id(api: Api) -> None:
 async def test_disabled_key_is_409_for_every_crypto_route(api: Api) -> None:
     api.grants.allow("alice", "encrypt,decrypt,generatedatakey", NS)
     blob = await api.encrypt(b"x")
-    api.service.set_enabled(api.key.key_id, False)
+    set_enabled(api.service, api.key.key_id, False)
     for path, body in (
         (f"/v1/namespaces/{NS}/keys/payments/encrypt", {"plaintext": b64(b"x")}),
         (f"/v1/namespaces/{NS}/keys/payments/generate-data-key", {}),
@@ -556,7 +557,7 @@ async def test_metrics_count_calls_time_them_and_count_keys_by_state(api: Api) -
     await api.encrypt(b"x")
     await api.encrypt(b"y")
     await api.post(ENCRYPT, {"plaintext": b64(b"x")}, token=BOB)
-    api.service.set_enabled(api.other.key_id, False)
+    set_enabled(api.service, api.other.key_id, False)
     async with api.client.get("/metrics") as response:
         assert response.status == 200
         assert response.headers["Content-Type"].startswith("text/plain")

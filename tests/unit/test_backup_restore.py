@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.support.changes import fire, rotate
 from tests.support.clocks import ManualClock
 
 from kms_operator.crypto import wrapping
 from kms_operator.errors import StoreError
-from kms_operator.keys.service import KeyService
+from kms_operator.keys.service import KeyService, Timer
 from kms_operator.store.backups import restore_store
 from kms_operator.store.records import KeyRecord, Origin
 from kms_operator.store.rootkey import RootKey
@@ -54,7 +55,7 @@ def _populate(path: Path, root_key: RootKey, wrapping_pair: tuple[bytes, bytes])
     clock = ManualClock(T0)
     service = KeyService(store, clock=clock)
     kms = service.create_key("team-a", "kms", aliases=["alias/kms-key"])
-    service.rotate(kms.key_id)
+    rotate(service, kms.key_id)
     service.create_key("team-b", "other")
     external = service.create_key("team-b", "external", origin=Origin.EXTERNAL)
     params = service.create_import_parameters(
@@ -81,7 +82,7 @@ def _populate(path: Path, root_key: RootKey, wrapping_pair: tuple[bytes, bytes])
                 plaintext,
             )
         )
-    service.rotate(kms.key_id)  # a blob of version 2 must still decrypt after the restore
+    rotate(service, kms.key_id)  # a blob of version 2 must still decrypt after the restore
     blobs.append((service.encrypt("team-a", "kms", b"v3", None).ciphertext_blob, {}, b"v3"))
     conn = sqlite3.connect(path)
     destroyed_wrapped = [
@@ -93,7 +94,7 @@ def _populate(path: Path, root_key: RootKey, wrapping_pair: tuple[bytes, bytes])
     conn.close()
     service.schedule_deletion(doomed.key_id, 7)
     clock.advance(timedelta(days=8))
-    service.destroy_if_due(doomed.key_id)
+    fire(service, doomed.key_id, Timer.DESTRUCTION)
     materials = [
         m
         for r in store.list_keys()
@@ -359,7 +360,7 @@ def test_restored_store_keeps_working(
     try:
         service = KeyService(store, clock=ManualClock(T0 + timedelta(days=30)))
         kms = service.resolve("team-a", "alias/kms-key")
-        rotated = service.rotate(kms.key_id)
+        rotated = rotate(service, kms.key_id)
         blob = service.encrypt("team-a", "kms", b"new").ciphertext_blob
         assert service.decrypt(blob).key_version == rotated.current_version
         for blob, context, plaintext in populated.blobs:

@@ -13,156 +13,44 @@ same name in a re-created namespace gets a new key and the old one is reported d
 from __future__ import annotations
 
 import asyncio
-import itertools
 import uuid
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 from tests.support.clocks import ManualClock
+from tests.support.cluster import NS, FakeObjects, make_runtime
 
 from kms_operator.contract import KEY_ID_ANNOTATION
 from kms_operator.contract import SCHEDULED_DELETION_FINALIZER as FINALIZER
 from kms_operator.keys.service import KeyService
-from kms_operator.kube.client import ConnectionParameters
 from kms_operator.kube.objects import NamespaceInfo
 from kms_operator.operator import conditions
-from kms_operator.operator.customermasterkeys import (
-    CustomerMasterKeySpec,
-    _bind_or_create,
-    handle_deletion,
+from kms_operator.operator.customermasterkeys import deletion
+from kms_operator.operator.customermasterkeys.binding import (
+    KEY_BOUND_ELSEWHERE,
+    KEY_CLAIM_REFUSED,
+    KEY_MISSING_FROM_STORE,
+    bind_or_create,
+)
+from kms_operator.operator.customermasterkeys.deleting import handle_deletion
+from kms_operator.operator.customermasterkeys.drift import (
+    KEY_WITHOUT_OBJECT,
     report_keys_without_objects,
 )
+from kms_operator.operator.customermasterkeys.specs import CustomerMasterKeySpec
 from kms_operator.operator.runtime import Runtime
 from kms_operator.operator.scheduling import Backoff
-from kms_operator.settings import Settings
 from kms_operator.store.records import KeyState
 
 pytestmark = pytest.mark.unit
 
-NS = "team-a"
 DEFAULT = {"kms.cmk.dev/default": "true"}
-
-
-class ApiError(Exception):
-    """What the kubernetes client raises: an HTTP status and reason."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(f"({status}) {reason}")
-        self.status, self.reason = status, reason
-
-
-class FakeObjects:
-    """CustomerMasterKeys, namespaces and Events in memory, with failures on demand."""
-
-    def __init__(self) -> None:
-        self.objects: dict[tuple[str, str], dict[str, Any]] = {}
-        self.namespaces: dict[str, NamespaceInfo] = {NS: NamespaceInfo("ns-uid-1", False)}
-        self.events: list[dict[str, Any]] = []
-        self.statuses: list[dict[str, Any]] = []
-        #: method name -> how many of its next calls raise
-        self.failures: dict[str, int] = {}
-        self._uids = (f"obj-uid-{n}" for n in itertools.count(1))
-
-    def _maybe_fail(self, method: str) -> None:
-        if self.failures.get(method, 0) > 0:
-            self.failures[method] -= 1
-            raise ApiError(503, "Service Unavailable")
-
-    def add(self, name: str, spec: dict[str, Any] | None = None, **meta: Any) -> dict[str, Any]:
-        body = {
-            "metadata": {
-                "name": name,
-                "namespace": NS,
-                "uid": next(self._uids),
-                "resourceVersion": "1",
-                "generation": 1,
-                "finalizers": [FINALIZER],
-                **meta,
-            },
-            "spec": spec or {},
-            "status": {},
-        }
-        self.objects[NS, name] = body
-        return body
-
-    def delete(self, name: str) -> dict[str, Any]:
-        body = self.objects[NS, name]
-        body["metadata"]["deletionTimestamp"] = "2026-01-01T12:00:00Z"
-        return body
-
-    # -- the Objects interface --------------------------------------------------------------
-
-    def namespace_info(self, namespace: str) -> NamespaceInfo | None:
-        self._maybe_fail("namespace_info")
-        return self.namespaces.get(namespace)
-
-    def get_cmk(self, namespace: str, name: str) -> dict[str, Any] | None:
-        self._maybe_fail("get_cmk")
-        return self.objects.get((namespace, name))
-
-    def list_cmks(self, namespace: str | None = None) -> list[dict[str, Any]]:
-        return [b for (ns, _), b in self.objects.items() if namespace in (None, ns)]
-
-    def remove_finalizer(self, body: dict[str, Any], finalizer: str) -> bool:
-        self._maybe_fail("remove_finalizer")
-        meta = body["metadata"]
-        current = self.objects.get((meta["namespace"], meta["name"]))
-        if current is None or finalizer not in current["metadata"]["finalizers"]:
-            return False
-        current["metadata"]["finalizers"].remove(finalizer)
-        if current["metadata"].get("deletionTimestamp") and not current["metadata"]["finalizers"]:
-            del self.objects[meta["namespace"], meta["name"]]
-        return True
-
-    def create_cmk(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
-        self._maybe_fail("create_cmk")
-        if self.namespaces[namespace].terminating:
-            raise ApiError(403, "Forbidden")
-        name = body["metadata"]["name"]
-        if (namespace, name) in self.objects:
-            raise ApiError(409, "Conflict")
-        created = {**body, "metadata": {**body["metadata"], "uid": next(self._uids)}}
-        created["metadata"].setdefault("finalizers", [])
-        self.objects[namespace, name] = created
-        return created
-
-    def patch_cmk_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        self._maybe_fail("patch_cmk_status")
-        self.statuses.append(status)
-        if (namespace, name) in self.objects:
-            self.objects[namespace, name]["status"].update(status)
-
-    def post_event(
-        self, namespace: str, name: str, uid: str | None, *, type_: str, reason: str, message: str
-    ) -> None:
-        self.events.append(
-            {"name": name, "uid": uid, "type": type_, "reason": reason, "message": message}
-        )
-
-    def reasons(self) -> list[str]:
-        return [e["reason"] for e in self.events]
-
-
-class Wakes:
-    def wake(self) -> None:
-        pass
 
 
 @pytest.fixture
 def objects() -> FakeObjects:
     return FakeObjects()
-
-
-class UnusedAudit:
-    """CMK handlers write no audit lines (only crypto on keys does)."""
-
-    def write(self, record: object) -> None:
-        raise AssertionError("a CMK handler wrote an audit line")
-
-    def close(self) -> None:
-        pass
 
 
 @pytest.fixture
@@ -172,19 +60,7 @@ def slept() -> list[float]:
 
 @pytest.fixture
 def runtime(service: KeyService, objects: FakeObjects, slept: list[float]) -> Runtime:
-    async def sleep(seconds: float) -> None:
-        slept.append(seconds)
-        await asyncio.sleep(0)
-
-    return Runtime(
-        service=service,
-        objects=objects,  # type: ignore[arg-type]
-        scheduler=Wakes(),  # type: ignore[arg-type]
-        settings=Settings(store_path=Path("unused")),
-        connection=ConnectionParameters("https://unused", None, False, None, None, None, None),
-        audit=UnusedAudit(),
-        backoff=Backoff(first=1, cap=4, sleep=sleep),
-    )
+    return make_runtime(service, objects, slept)
 
 
 def _bound(runtime: Runtime, objects: FakeObjects, name: str, **spec: Any) -> uuid.UUID:
@@ -193,7 +69,7 @@ def _bound(runtime: Runtime, objects: FakeObjects, name: str, **spec: Any) -> uu
     body = objects.add(name, spec, labels=labels)
     parsed = CustomerMasterKeySpec.parse(spec)
     default = "datakeys" if labels else None
-    binding = _bind_or_create(runtime.service, body, objects.namespaces[NS], parsed, default)
+    binding = bind_or_create(runtime.service, body, objects.namespaces[NS], parsed, default)
     assert binding.created and binding.record is not None
     body["status"]["keyId"] = str(binding.record.key_id)
     return binding.record.key_id
@@ -220,7 +96,7 @@ def test_a_failing_cancel_is_retried_and_surfaces(
     objects.failures["remove_finalizer"] = 3  # the API server is away for a while
     asyncio.run(handle_deletion(runtime, objects.objects[NS, "saved"]))
 
-    failed = [e for e in objects.events if e["reason"] == conditions.DELETION_FAILED]
+    failed = [e for e in objects.events if e["reason"] == deletion.DELETION_FAILED]
     assert len(failed) == 3 and all(e["type"] == "Warning" for e in failed)
     assert "503" in failed[0]["message"] and "retrying in 1 s" in failed[0]["message"]
     assert [s for s in slept if s != 0.1] == [1, 2, 4]  # exponential, capped at 4
@@ -228,7 +104,7 @@ def test_a_failing_cancel_is_retried_and_surfaces(
         c
         for status in objects.statuses
         for c in status.get("conditions", ())
-        if c["type"] == "Synced" and c["reason"] == conditions.DELETION_FAILED
+        if c["type"] == "Synced" and c["reason"] == deletion.DELETION_FAILED
     ]
     assert synced and synced[0]["status"] == "False"
     # Then it worked: recreated, Disabled, claiming the same key.
@@ -237,7 +113,7 @@ def test_a_failing_cancel_is_retried_and_surfaces(
     assert fresh["metadata"]["annotations"] == {KEY_ID_ANNOTATION: str(key_id)}
     assert fresh["spec"]["enabled"] is False
     assert runtime.service.get(key_id).state is KeyState.DISABLED
-    rebound = _bind_or_create(
+    rebound = bind_or_create(
         runtime.service,
         fresh,
         objects.namespaces[NS],
@@ -254,13 +130,13 @@ def test_a_failing_schedule_is_retried_and_surfaces(
     key_id = _bound(runtime, objects, "doomed", pendingWindowDays=7)
     objects.failures["namespace_info"] = 2
     _delete(runtime, objects, "doomed")
-    assert objects.reasons().count(conditions.DELETION_FAILED) == 2
+    assert objects.reasons().count(deletion.DELETION_FAILED) == 2
     assert slept == [1, 2]
     assert runtime.service.get(key_id).state is KeyState.PENDING_DELETION
-    assert objects.reasons()[-1] == conditions.DELETION_SCHEDULED
+    assert objects.reasons()[-1] == deletion.DELETION_SCHEDULED
     last = objects.objects[NS, "doomed"]["status"]
     synced = next(c for c in last["conditions"] if c["type"] == "Synced")
-    assert (synced["status"], synced["reason"]) == ("True", conditions.DELETION_SCHEDULED)
+    assert (synced["status"], synced["reason"]) == ("True", deletion.DELETION_SCHEDULED)
 
 
 def test_retrying_stops_when_the_object_was_released_meanwhile(
@@ -272,7 +148,7 @@ def test_retrying_stops_when_the_object_was_released_meanwhile(
     del objects.objects[NS, "gone"]  # someone stripped the finalizer by hand
     asyncio.run(handle_deletion(runtime, body))
     assert slept == [1]
-    assert objects.reasons() == [conditions.DELETION_FAILED]
+    assert objects.reasons() == [deletion.DELETION_FAILED]
 
 
 def test_an_object_that_does_not_go_away_is_reported_and_retried(
@@ -293,7 +169,7 @@ def test_an_object_that_does_not_go_away_is_reported_and_retried(
 
     runtime.backoff = Backoff(first=1, cap=4, sleep=sleep)
     asyncio.run(handle_deletion(runtime, body))
-    failed = [e for e in objects.events if e["reason"] == conditions.DELETION_FAILED]
+    failed = [e for e in objects.events if e["reason"] == deletion.DELETION_FAILED]
     assert len(failed) == 2
     assert (
         "still there" in failed[0]["message"]
@@ -339,7 +215,7 @@ def test_default_key_goes_with_a_terminating_namespace(
         assert record.state is KeyState.PENDING_DELETION
         assert record.deletion_date == clock.now() + timedelta(days=days)
     scheduled = [e for e in objects.events if e["name"] == "kms-default-datakeys"]
-    assert [e["reason"] for e in scheduled] == [conditions.DELETION_SCHEDULED]
+    assert [e["reason"] for e in scheduled] == [deletion.DELETION_SCHEDULED]
     assert "being deleted" in scheduled[0]["message"]
     assert "default key goes with it" in scheduled[0]["message"]
     # Both objects are still held by the finalizer: the namespace waits for the window.
@@ -356,7 +232,7 @@ def test_cancel_in_a_terminating_namespace_is_refused(
     body["metadata"]["annotations"] = {"kms.cmk.dev/cancel-deletion": "true"}
     asyncio.run(handle_deletion(runtime, body))
     assert runtime.service.get(key_id).state is KeyState.PENDING_DELETION
-    assert conditions.NAMESPACE_TERMINATING in objects.reasons()
+    assert deletion.NAMESPACE_TERMINATING in objects.reasons()
     assert objects.objects[NS, "late"]["metadata"]["uid"] == body["metadata"]["uid"]
 
 
@@ -378,7 +254,7 @@ def test_namespace_terminating_before_the_recreate_schedules_the_key(
     record = runtime.service.get(key_id)
     assert record.state is KeyState.PENDING_DELETION
     assert record.deletion_date == clock.now() + timedelta(days=30)
-    assert objects.reasons()[-1] == conditions.DELETION_SCHEDULED
+    assert objects.reasons()[-1] == deletion.DELETION_SCHEDULED
     assert (NS, "kms-default-datakeys") not in objects.objects
 
 
@@ -389,11 +265,11 @@ def test_deleting_an_object_that_holds_no_key_leaves_the_key_alone(
     # The object goes behind the operator's back; a new one of that name claims nothing.
     del objects.objects[NS, "orders"]
     intruder = objects.add("orders")
-    binding = _bind_or_create(
+    binding = bind_or_create(
         runtime.service, intruder, objects.namespaces[NS], CustomerMasterKeySpec.parse({}), None
     )
     assert binding.record is None and binding.problem is not None
-    assert binding.problem[0] == conditions.KEY_BOUND_ELSEWHERE
+    assert binding.problem[0] == KEY_BOUND_ELSEWHERE
     _delete(runtime, objects, "orders")
     assert (NS, "orders") not in objects.objects  # released
     assert runtime.service.get(key_id).state is KeyState.ENABLED
@@ -406,7 +282,7 @@ def test_a_recreated_namespace_gets_new_keys_and_the_old_ones_are_reported(
     del objects.objects[NS, "orders"]
     objects.namespaces[NS] = NamespaceInfo("ns-uid-2", False)  # deleted and created again
     body = objects.add("orders")
-    binding = _bind_or_create(
+    binding = bind_or_create(
         runtime.service, body, objects.namespaces[NS], CustomerMasterKeySpec.parse({}), None
     )
     assert binding.created and binding.record is not None and binding.record.key_id != old
@@ -414,11 +290,11 @@ def test_a_recreated_namespace_gets_new_keys_and_the_old_ones_are_reported(
     assert runtime.service.get(old).is_detached
     # Claiming the old key by id does not work across namespaces either.
     thief = objects.add("thief", annotations={KEY_ID_ANNOTATION: str(old)})
-    refused = _bind_or_create(
+    refused = bind_or_create(
         runtime.service, thief, objects.namespaces[NS], CustomerMasterKeySpec.parse({}), None
     )
     assert refused.record is None and refused.problem is not None
-    assert refused.problem[0] == conditions.KEY_CLAIM_REFUSED
+    assert refused.problem[0] == KEY_CLAIM_REFUSED
 
 
 @pytest.mark.parametrize(
@@ -426,14 +302,14 @@ def test_a_recreated_namespace_gets_new_keys_and_the_old_ones_are_reported(
     [
         ("not-a-uuid", conditions.INVALID_SPEC),
         (str(uuid.UUID(int=0xABCDEF)).upper(), conditions.INVALID_SPEC),
-        (str(uuid.UUID(int=0xABCDEF)), conditions.KEY_MISSING_FROM_STORE),
+        (str(uuid.UUID(int=0xABCDEF)), KEY_MISSING_FROM_STORE),
     ],
 )
 def test_a_bad_claim_creates_no_key(
     runtime: Runtime, objects: FakeObjects, annotation: str, reason: str
 ) -> None:
     body = objects.add("claims", annotations={KEY_ID_ANNOTATION: annotation})
-    binding = _bind_or_create(
+    binding = bind_or_create(
         runtime.service, body, objects.namespaces[NS], CustomerMasterKeySpec.parse({}), None
     )
     assert binding.record is None and binding.problem is not None
@@ -451,6 +327,6 @@ def test_start_up_report_detaches_keys_of_earlier_namespaces(
     del objects.objects[NS, "other"]
     assert report_keys_without_objects(runtime) == 3
     assert runtime.service.get(old).is_detached and runtime.service.get(gone).is_detached
-    reported = [e for e in objects.events if e["reason"] == conditions.KEY_WITHOUT_OBJECT]
+    reported = [e for e in objects.events if e["reason"] == KEY_WITHOUT_OBJECT]
     assert {e["name"] for e in reported} == {"orders", "other", "k"}
     assert all("detached" in e["message"] for e in reported)

@@ -9,16 +9,16 @@ import pytest
 
 from kms_operator.operator import conditions, statuses
 from kms_operator.operator.conditions import Condition, merge_conditions
-from kms_operator.operator.customermasterkeys import (
-    CustomerMasterKeySpec,
-    admission_problem,
+from kms_operator.operator.customermasterkeys.admission import admission_problem, webhook_entries
+from kms_operator.operator.customermasterkeys.aliases import (
     alias_claims,
     alias_conflict_condition,
-    claim_of,
+)
+from kms_operator.operator.customermasterkeys.binding import claim_of, parse_key_id
+from kms_operator.operator.customermasterkeys.deletion import fresh_object
+from kms_operator.operator.customermasterkeys.specs import (
+    CustomerMasterKeySpec,
     default_service_of,
-    fresh_object,
-    parse_key_id,
-    webhook_entries,
 )
 from kms_operator.store.records import KeyRecord, Origin, VersionRecord, VersionState
 

@@ -24,11 +24,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from tests.support.changes import rotate
 from tests.support.clocks import ManualClock
 
 from kms_operator.crypto import wrapping
 from kms_operator.errors import KeyStateError
-from kms_operator.keys.service import KeyService
+from kms_operator.keys.service import KeyService, KeySettings
 from kms_operator.store import sqlite as sqlite_store
 from kms_operator.store.records import KeyRecord, KeyState, Origin, VersionRecord, VersionState
 from kms_operator.store.rootkey import load_root_key_file
@@ -40,6 +41,8 @@ T0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 PENDING_WINDOW_DAYS = 7
 IMPORTED_MATERIAL = bytes(range(64, 96))
 NEW_KEY = ("team-a", "created-in-crash")
+#: The spec the "apply" case applies (with a rotation on demand) to the rotating key.
+APPLIED = KeySettings("applied in a crash", True, ("alias/applied", "alias/rotating"), 90)
 
 # Every fault point of sqlite.py, plus two of ours: "checkpoint" (SIGKILL after a destroy
 # committed, before the WAL is folded in and truncated) and "after" (SIGKILL once the operation
@@ -53,6 +56,10 @@ CASES: list[tuple[str, str]] = [
     ("rotate", "update:versions"),
     ("rotate", "update:material"),
     ("rotate", "after"),
+    ("apply", "update:key-row"),  # a whole spec and a rotation, in one transaction
+    ("apply", "update:versions"),
+    ("apply", "update:material"),
+    ("apply", "after"),
     ("import", "update:key-row"),
     ("import", "update:versions"),
     ("import", "update:material"),
@@ -72,7 +79,7 @@ CHILD = textwrap.dedent(
     from datetime import datetime, timedelta
     from pathlib import Path
 
-    from kms_operator.keys.service import KeyService
+    from kms_operator.keys.service import KeyService, KeySettings
     from kms_operator.store import sqlite as sqlite_store
     from kms_operator.store.rootkey import load_root_key_file
 
@@ -117,7 +124,11 @@ CHILD = textwrap.dedent(
     if op == "create":
         service.create_key(args["namespace"], args["name"], aliases=["alias/crash"])
     elif op == "rotate":
-        service.rotate(uuid.UUID(args["key_id"]))
+        key = service.get(uuid.UUID(args["key_id"]))
+        kept = KeySettings(key.description, key.enabled, key.aliases, key.rotation_period_days)
+        service.apply_spec(key.key_id, kept, rotate=True)
+    elif op == "apply":
+        service.apply_spec(uuid.UUID(args["key_id"]), KeySettings(**args["spec"]), rotate=True)
     elif op == "import":
         service.import_material(
             uuid.UUID(args["key_id"]), args["token"], bytes.fromhex(args["wrapped"])
@@ -126,7 +137,7 @@ CHILD = textwrap.dedent(
         key_id = uuid.UUID(args["key_id"])
         service.schedule_deletion(key_id, args["window"])
         clock.advance(timedelta(days=args["window"] + 1))
-        service.destroy_if_due(key_id)
+        service.run_due(clock.now())
     else:
         sys.exit(2)
     if point == "after":
@@ -202,7 +213,7 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Template:
     service = KeyService(store, clock=clock)
     rotating = service.create_key("team-a", "rotating", aliases=["alias/rotating"])
     clock.advance(timedelta(days=10))
-    service.rotate(rotating.key_id)
+    rotate(service, rotating.key_id)
     doomed = service.create_key("team-a", "doomed", aliases=["alias/doomed", "alias/old"])
     bystander = service.create_key("team-b", "bystander", aliases=["alias/rotating"])
     external = service.create_key("team-b", "external", origin=Origin.EXTERNAL)
@@ -279,7 +290,13 @@ def reopen(workdir: Path) -> Iterator[Callable[[], SqliteKeyStore]]:
 
 
 def _run_child(workdir: Path, template: Template, op: str, point: str) -> None:
-    key = {"create": None, "rotate": "rotating", "import": "external", "destroy": "doomed"}[op]
+    key = {
+        "create": None,
+        "rotate": "rotating",
+        "apply": "rotating",
+        "import": "external",
+        "destroy": "doomed",
+    }[op]
     args = {
         "db": str(workdir / "kms.db"),
         "root_key": str(workdir / "root.key"),
@@ -292,6 +309,12 @@ def _run_child(workdir: Path, template: Template, op: str, point: str) -> None:
         "token": template.token,
         "wrapped": template.wrapped.hex(),
         "window": PENDING_WINDOW_DAYS,
+        "spec": {
+            "description": APPLIED.description,
+            "enabled": APPLIED.enabled,
+            "aliases": list(APPLIED.aliases),
+            "rotation_period_days": APPLIED.rotation_period_days,
+        },
     }
     done = subprocess.run(
         [sys.executable, "-c", CHILD, json.dumps(args)],
@@ -358,7 +381,7 @@ def _check_invariants(db: Path, snapshot: Snapshot) -> None:
 
 
 def _scheduled(template: Template) -> Snapshot:
-    """The state after schedule_deletion committed, before destroy_if_due."""
+    """The state after schedule_deletion committed, before the destruction."""
     doomed = template.keys["doomed"]
     records = dict(template.before.records)
     records[doomed] = records[doomed].evolve(
@@ -396,6 +419,23 @@ def _assert_rotated(template: Template, now: Snapshot) -> None:
             now.materials[(key_id, version.version)]
             == (template.before.materials[(key_id, version.version)])
         )
+    assert now.without(key_id) == template.before.without(key_id)
+
+
+def _assert_applied(template: Template, now: Snapshot) -> None:
+    key_id = template.keys["rotating"]
+    old = template.before.records[key_id]
+    record = now.records[key_id]
+    number = old.current_version + 1
+    assert record == old.evolve(
+        description=APPLIED.description,
+        aliases=APPLIED.aliases,
+        rotation_period_days=APPLIED.rotation_period_days,
+        next_rotation_at=T0 + timedelta(days=90),
+        versions=(*old.versions, VersionRecord(number, T0, VersionState.ENABLED)),
+        last_rotated_at=T0,
+    )
+    assert (key_id, number) in now.materials
     assert now.without(key_id) == template.before.without(key_id)
 
 
@@ -439,6 +479,7 @@ def _assert_destroyed(template: Template, now: Snapshot) -> None:
 AFTER: dict[str, Callable[[Template, Snapshot], None]] = {
     "create": _assert_created,
     "rotate": _assert_rotated,
+    "apply": _assert_applied,
     "import": _assert_imported,
     "destroy": _assert_destroyed,
 }
@@ -446,7 +487,7 @@ AFTER: dict[str, Callable[[Template, Snapshot], None]] = {
 
 def _expected_before(template: Template, op: str, point: str) -> Snapshot:
     """A kill inside a transaction leaves the state before it: for destroy, that is the state
-    after schedule_deletion when the kill comes in destroy_if_due's transaction."""
+    after schedule_deletion when the kill comes in the destroying transaction."""
     if op == "destroy" and point.startswith("destroy:"):
         return _scheduled(template)
     return template.before
@@ -459,14 +500,18 @@ def _finish(service: KeyService, clock: ManualClock, template: Template, op: str
     elif op == "rotate":
         record = service.get(template.keys["rotating"])
         if record.current_version == template.before.records[record.key_id].current_version:
-            service.rotate(record.key_id)
+            rotate(service, record.key_id)
+    elif op == "apply":
+        record = service.get(template.keys["rotating"])
+        if record.description != APPLIED.description:
+            service.apply_spec(record.key_id, APPLIED, rotate=True)
     elif op == "import":
         service.import_material(template.keys["external"], template.token, template.wrapped)
     else:
         key_id = template.keys["doomed"]
         service.schedule_deletion(key_id, PENDING_WINDOW_DAYS)
         clock.advance(T0 + timedelta(days=PENDING_WINDOW_DAYS + 1) - clock.now())
-        service.destroy_if_due(key_id)
+        service.run_due(clock.now())
 
 
 def _assert_no_copy_of(needles: list[bytes], db: Path) -> None:

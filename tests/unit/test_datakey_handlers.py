@@ -14,6 +14,7 @@ from typing import Any, cast
 
 import kopf
 import pytest
+from tests.support.changes import rotate, set_enabled
 
 from kms_operator.keys.service import KeyService
 from kms_operator.kube.objects import NamespaceInfo
@@ -211,7 +212,7 @@ async def test_waiting_for_the_default_key_is_a_short_retry(cluster: Cluster) ->
 async def test_a_refusing_key_is_reported_on_the_datakey_and_on_the_key(cluster: Cluster) -> None:
     key_id = _key(cluster)
     await cluster.reconcile()
-    cluster.service.set_enabled(key_id, False)
+    set_enabled(cluster.service, key_id, False)
 
     status = await cluster.reconcile()  # refused: no retry, the timer sees the key come back
 
@@ -277,7 +278,7 @@ async def test_the_timer_reconciles_after_a_rotation_only(cluster: Cluster) -> N
     await handlers.check(body=cluster.body(), patch=idle, memo=cluster.memo)
     assert not idle
 
-    cluster.service.rotate(key_id)
+    rotate(cluster.service, key_id)
     rotated = kopf.Patch()
     await handlers.check(body=cluster.body(), patch=rotated, memo=cluster.memo)
 

@@ -14,6 +14,7 @@ import uuid
 from typing import Any, cast
 
 import pytest
+from tests.support.changes import rotate, set_enabled
 
 from kms_operator.keys.service import KeyService
 from kms_operator.kube.objects import NamespaceInfo
@@ -188,7 +189,7 @@ def test_a_refusing_key_of_another_namespace_gets_no_event(world: World) -> None
     foreign = _key(world.service, "theirs", namespace=OTHER)
     world.reconcile(world.view())
     blob = world.service.encrypt(OTHER, "theirs", bytes(32), _context()).ciphertext_blob
-    world.service.set_enabled(foreign, False)
+    set_enabled(world.service, foreign, False)
     world.put_ciphertext(blob)
 
     result = world.reconcile(world.view(status={"keyVersion": 1}))
@@ -201,7 +202,7 @@ def test_a_refusing_key_of_another_namespace_gets_no_event(world: World) -> None
 def test_a_refusing_key_of_its_own_namespace_is_reported_on_the_key(world: World) -> None:
     own = _key(world.service)
     world.reconcile(world.view())
-    world.service.set_enabled(own, False)
+    set_enabled(world.service, own, False)
 
     result = world.reconcile(world.view(status={"keyVersion": 1}))
 
@@ -304,7 +305,7 @@ def test_generate_decrypt_and_re_encrypt_write_audit_lines(world: World) -> None
     assert world.reconcile(world.view()).outcome.ready.status
     plaintext = _data(world.secret(), "plaintext")
     world.reconcile(world.view(status={"keyVersion": 1}))  # a full check: decrypts
-    world.service.rotate(key_id)
+    rotate(world.service, key_id)
     assert world.reconcile(world.view(status={"keyVersion": 1})).outcome.fields["keyVersion"] == 2
 
     lines = world.sink.lines
@@ -361,7 +362,7 @@ def test_an_unwritable_audit_line_stops_a_re_encryption(world: World) -> None:
     key_id = _key(world.service)
     world.reconcile(world.view())
     before = world.secret()
-    world.service.rotate(key_id)
+    rotate(world.service, key_id)
     world.sink.broken = True
 
     outcome = world.reconcile(world.view(status={"keyVersion": 1})).outcome

@@ -16,12 +16,13 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+from tests.support.changes import fire
 from tests.support.clocks import ManualClock
 from tests.support.schemas import downgrade
 
 from kms_operator.keys.clock import Timescale, microseconds
 from kms_operator.keys.elapsed import ElapsedTime
-from kms_operator.keys.service import KeyService
+from kms_operator.keys.service import KeyService, Timer
 from kms_operator.store.records import KeyState
 from kms_operator.store.rootkey import RootKey
 from kms_operator.store.sqlite import SqliteKeyStore
@@ -67,13 +68,13 @@ def test_a_forward_step_of_the_wall_clock_destroys_nothing(
     key = service.create_key(NS, "orders")
     pending = service.schedule_deletion(key.key_id, 7)
     clock.step(400 * DAY)  # NTP, a wrong host clock: no time passed
-    assert service.destroy_if_due(key.key_id) is None
+    assert fire(service, key.key_id, Timer.DESTRUCTION) is None
     assert service.get(key.key_id).state is KeyState.PENDING_DELETION
     assert service.next_deadline(key.key_id) == clock.now() + 7 * DAY
     clock.advance(7 * DAY - US)
-    assert service.destroy_if_due(key.key_id) is None
+    assert fire(service, key.key_id, Timer.DESTRUCTION) is None
     clock.advance(US)
-    destroyed = service.destroy_if_due(key.key_id)
+    destroyed = fire(service, key.key_id, Timer.DESTRUCTION)
     assert destroyed is not None and destroyed.state is KeyState.DESTROYED
     assert destroyed.destroyed_at == pending.deletion_date + 400 * DAY  # type: ignore[operator]
 
@@ -103,7 +104,7 @@ def test_the_scheduler_finds_a_key_due_although_time_runs_between_readings(
         clock.advance(deadline - now)
     else:
         pytest.fail(f"never due: the deadline stays after now ({deadline} > {now})")
-    assert service.destroy_if_due(key.key_id) is not None
+    assert fire(service, key.key_id, Timer.DESTRUCTION) is not None
 
 
 def test_a_backward_step_waits_for_the_wall_clock_too(
@@ -114,10 +115,10 @@ def test_a_backward_step_waits_for_the_wall_clock_too(
     assert pending.deletion_date is not None
     clock.step(-30 * DAY)
     clock.advance_monotonic(8 * DAY)  # the window passed, the wall clock is a month behind
-    assert service.destroy_if_due(key.key_id) is None
+    assert fire(service, key.key_id, Timer.DESTRUCTION) is None
     assert service.next_deadline(key.key_id) == pending.deletion_date
     clock.set(pending.deletion_date)
-    assert service.destroy_if_due(key.key_id) is not None
+    assert fire(service, key.key_id, Timer.DESTRUCTION) is not None
 
 
 def test_time_persisted_before_a_restart_is_kept(
@@ -130,15 +131,15 @@ def test_time_persisted_before_a_restart_is_kept(
     pending = service.schedule_deletion(key.key_id, 7)
     assert pending.deletion_requested_elapsed == store.load_elapsed()  # written with it
     clock.advance(3 * DAY)
-    assert service.destroy_if_due(key.key_id) is None  # a check persists the elapsed time
+    assert fire(service, key.key_id, Timer.DESTRUCTION) is None  # a check persists the elapsed time
     assert store.load_elapsed() == pending.deletion_requested_elapsed + microseconds(3 * DAY)
     # The machine reboots: a new monotonic clock, read from another origin.
     rebooted = ManualClock(clock.now(), monotonic_ns=5)
     again, _ = restart(rebooted)
     rebooted.advance(4 * DAY - US)
-    assert again.destroy_if_due(key.key_id) is None
+    assert fire(again, key.key_id, Timer.DESTRUCTION) is None
     rebooted.advance(US)
-    assert again.destroy_if_due(key.key_id) is not None
+    assert fire(again, key.key_id, Timer.DESTRUCTION) is not None
 
 
 def test_a_crash_loses_only_unpersisted_time_so_it_only_delays(
@@ -152,10 +153,11 @@ def test_a_crash_loses_only_unpersisted_time_so_it_only_delays(
     again, _ = restart(clock)
     clock.advance(DAY)
     assert clock.now() == pending.deletion_date
-    assert again.destroy_if_due(key.key_id) is None  # 1 day of the 7 counted after the crash
+    # 1 day of the 7 counted after the crash:
+    assert fire(again, key.key_id, Timer.DESTRUCTION) is None
     assert again.next_deadline(key.key_id) == clock.now() + 6 * DAY
     clock.advance(6 * DAY)
-    assert again.destroy_if_due(key.key_id) is not None
+    assert fire(again, key.key_id, Timer.DESTRUCTION) is not None
 
 
 def test_next_deadline_persists_in_the_background_every_few_seconds(
@@ -203,9 +205,9 @@ def test_keys_pending_in_an_older_store_restart_their_window(
         assert service.get(pending.key_id).deletion_requested_elapsed == 0
         assert service.get(enabled.key_id).deletion_requested_elapsed is None
         # Past its date on the wall clock, but its window starts again on elapsed time.
-        assert service.destroy_if_due(pending.key_id) is None
+        assert fire(service, pending.key_id, Timer.DESTRUCTION) is None
         assert service.next_deadline(pending.key_id) == clock.now() + 7 * DAY
         clock.advance(7 * DAY)
-        assert service.destroy_if_due(pending.key_id) is not None
+        assert fire(service, pending.key_id, Timer.DESTRUCTION) is not None
     finally:
         upgraded.close()

@@ -38,6 +38,7 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
+from tests.support.changes import rotate, set_enabled
 from tests.support.clocks import ManualClock
 from tests.support.importing import Importer
 
@@ -53,7 +54,7 @@ from kms_operator.errors import (
     KeyStateError,
 )
 from kms_operator.keys.clock import Timescale, microseconds
-from kms_operator.keys.service import KeyService
+from kms_operator.keys.service import KeyService, Timer
 from kms_operator.store.records import KeyRecord, KeyState, Origin, VersionState
 from kms_operator.store.rootkey import load_root_key_file
 from kms_operator.store.sqlite import SqliteKeyStore
@@ -195,9 +196,9 @@ class LifecycleMachine(RuleBasedStateMachine):
     def set_enabled(self, key: uuid.UUID, enabled: bool) -> None:
         m = self.model[key]
         if m.state in (KeyState.PENDING_DELETION, KeyState.DESTROYED):
-            expect_refusal(m.state, lambda: self.service.set_enabled(key, enabled))
+            expect_refusal(m.state, lambda: set_enabled(self.service, key, enabled))
             return
-        assert self.service.set_enabled(key, enabled).enabled is enabled
+        assert set_enabled(self.service, key, enabled).enabled is enabled
         m.enabled = enabled
 
     @rule(key=keys)
@@ -205,11 +206,11 @@ class LifecycleMachine(RuleBasedStateMachine):
         m = self.model[key]
         if m.origin is Origin.EXTERNAL:
             with pytest.raises(InvalidRequest):
-                self.service.rotate(key)
+                rotate(self.service, key)
         elif m.state is not KeyState.ENABLED:
-            expect_refusal(m.state, lambda: self.service.rotate(key))
+            expect_refusal(m.state, lambda: rotate(self.service, key))
         else:
-            record = self.service.rotate(key)
+            record = rotate(self.service, key)
             m.versions.append(ModelVersion(present=True))
             assert record.current_version == len(m.versions)
 
@@ -290,9 +291,11 @@ class LifecycleMachine(RuleBasedStateMachine):
     @rule()
     def run_deletion_timers(self) -> None:
         now = self.clock.now()
+        fired = {record.key_id: (record, timer) for record, timer in self.service.run_due(now)}
         for key, m in self.model.items():
             due = self._due(m, now)
-            destroyed = self.service.destroy_if_due(key)
+            destroyed, timer = fired.pop(key, (None, None))
+            assert timer in (None, Timer.DESTRUCTION)  # the model sets no other timer
             if m.deletion_date is not None and not m.destroyed and now >= m.deletion_date:
                 event("wall clock due: destroyed" if due else "wall clock due: elapsed not yet")
             if not due:
@@ -306,6 +309,7 @@ class LifecycleMachine(RuleBasedStateMachine):
             for version in m.versions:
                 version.destroyed = True
                 version.present = False
+        assert not fired, fired
 
     @rule(
         key=keys,

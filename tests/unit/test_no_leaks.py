@@ -20,13 +20,14 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from tests.support.changes import fire, rotate, set_enabled
 from tests.support.clocks import ManualClock
 from tests.support.importing import Importer
 
 from kms_operator.crypto import primitives
 from kms_operator.crypto.wrapping import WrappingAlgorithm
 from kms_operator.errors import KmsError
-from kms_operator.keys.service import KeyService
+from kms_operator.keys.service import KeyService, Timer
 from kms_operator.store.records import Origin
 from kms_operator.store.rootkey import RootKey
 from kms_operator.store.sqlite import SqliteKeyStore
@@ -144,12 +145,12 @@ def test_a_full_lifecycle_leaks_nothing(
     moved = service.re_encrypt(blob, NS, "native", source_context=ctx, destination_context=ctx)
     seen.add(moved)
     seen.expect_error(lambda: service.re_encrypt(blob, NS, "native"))
-    seen.add(service.rotate(kms.key_id))
-    seen.add(service.set_enabled(kms.key_id, False))
+    seen.add(rotate(service, kms.key_id))
+    seen.add(set_enabled(service, kms.key_id, False))
     seen.expect_error(lambda: service.decrypt(blob, ctx))
-    seen.add(service.set_enabled(kms.key_id, True))
+    seen.add(set_enabled(service, kms.key_id, True))
     clock.advance(91 * DAY)
-    seen.add(service.rotate_if_due(kms.key_id))
+    seen.add(fire(service, kms.key_id, Timer.ROTATION))
     seen.add(service.schedule_deletion(kms.key_id, 7))
     seen.expect_error(lambda: service.encrypt(NS, "native", canary))
     seen.expect_error(lambda: service.decrypt(blob, ctx))
@@ -192,12 +193,12 @@ def test_a_full_lifecycle_leaks_nothing(
     clock.advance(2 * DAY)
     seen.expect_error(lambda: service.import_material(byok.key_id, params.token, wrapped))
     seen.expect_error(lambda: service.encrypt(NS, "byok", canary))
-    seen.add(service.expire_material_if_due(byok.key_id))
+    seen.add(fire(service, byok.key_id, Timer.EXPIRY))
 
     # Destruction, and a restart over the same store.
     seen.add(service.schedule_deletion(byok.key_id, 7))
     clock.advance(8 * DAY)
-    seen.add(service.destroy_if_due(byok.key_id))
+    seen.add(fire(service, byok.key_id, Timer.DESTRUCTION))
     seen.expect_error(lambda: service.decrypt(sealed_byok.ciphertext_blob, ctx))
     restarted = reopen()
     restarted.warm_cache()

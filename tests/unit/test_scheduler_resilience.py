@@ -1,6 +1,6 @@
 """The deadline scheduler survives any exception (issue 8, item 7).
 
-A full disk made ``destroy_if_due`` raise ``sqlite3.OperationalError`` and the scheduler task
+A full disk made the destruction raise ``sqlite3.OperationalError`` and the scheduler task
 died with it, and the process with the task. Now a failed scan is logged, retried after an
 exponential, capped back-off, and :meth:`DeadlineScheduler.problem` reports it until a scan
 works again. The back-off's sleep is injected: nothing here waits on the wall clock.
@@ -33,7 +33,9 @@ class FakeObjects:
     def get_cmk(self, namespace: str, name: str) -> None:
         return None
 
-    def post_event(self, namespace: str, name: str, uid: str | None, **kw: Any) -> None:
+    def post_event_on(
+        self, kind: str, namespace: str, name: str, uid: str | None, **kw: Any
+    ) -> None:
         self.events.append((name, kw["reason"]))
 
 
@@ -98,8 +100,8 @@ def test_a_failing_destroy_is_retried_with_backoff_and_reported(
     error: BaseException,
 ) -> None:
     key = _due_key(service, clock)
-    flaky = Flaky(service.destroy_if_due, error, times=3)
-    monkeypatch.setattr(service, "destroy_if_due", flaky)
+    flaky = Flaky(service.run_due, error, times=3)
+    monkeypatch.setattr(service, "run_due", flaky)
     objects, slept = FakeObjects(), []  # type: ignore[var-annotated]
     scheduler = _scheduler(service, objects, slept)
 
@@ -194,10 +196,12 @@ def test_a_detached_key_is_destroyed_without_touching_the_new_object(
             self.patched.append("finalizer")
             return True
 
-        def post_event(self, namespace: str, name: str, uid: str | None, **kw: Any) -> None:
+        def post_event_on(
+            self, kind: str, namespace: str, name: str, uid: str | None, **kw: Any
+        ) -> None:
             assert uid is None
             assert str(key.key_id) in kw["message"]
-            super().post_event(namespace, name, uid, **kw)
+            super().post_event_on(kind, namespace, name, uid, **kw)
 
     objects = NewTenant()
     scheduler = _scheduler(service, objects, [])

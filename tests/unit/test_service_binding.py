@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from tests.support.changes import set_aliases
 from tests.support.schemas import downgrade
 
 from kms_operator.errors import InvalidCiphertext, KeyBoundElsewhere, NotFound
@@ -227,8 +228,8 @@ def test_resolved_key_id_ignores_an_alias_moved_meanwhile(service: KeyService) -
     first = service.create_key(NS, "first", aliases=("alias/a",))
     second = service.create_key(NS, "second")
     resolved = service.resolve(NS, "alias/a")
-    service.set_aliases(first.key_id, ())
-    service.set_aliases(second.key_id, ("alias/a",))
+    set_aliases(service, first.key_id, ())
+    set_aliases(service, second.key_id, ("alias/a",))
     assert service.encrypt(NS, resolved.key_id, b"x").key_id == first.key_id
     assert service.generate_data_key(NS, resolved.key_id).key_id == first.key_id
 

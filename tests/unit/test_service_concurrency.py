@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from tests.support.changes import rotate, set_description, set_enabled
 from tests.support.importing import Importer
 
 from kms_operator.errors import KmsError
@@ -84,9 +85,9 @@ def test_crypto_during_lifecycle_changes_raises_only_kms_errors(
                 break
             service.delete_imported_material(external.key_id)
             importer.import_material(external.key_id, MATERIAL)
-            service.set_enabled(rotating.key_id, False)
-            service.set_enabled(rotating.key_id, True)
-            service.rotate(rotating.key_id)
+            set_enabled(service, rotating.key_id, False)
+            set_enabled(service, rotating.key_id, True)
+            rotate(service, rotating.key_id)
     finally:
         stop.set()
         for thread in readers:
@@ -116,7 +117,7 @@ def writer_in_commit(
             real_update(*args, **kwargs)
 
         monkeypatch.setattr(store, "update", held_update)
-        writer = threading.Thread(target=service.set_description, args=(key_id, "changed"))
+        writer = threading.Thread(target=set_description, args=(service, key_id, "changed"))
         writer.start()
         writers.append(writer)
         assert entered.wait(timeout=BLOCKED_AFTER_SECONDS)

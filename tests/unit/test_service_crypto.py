@@ -9,6 +9,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from tests.support.changes import rotate, set_aliases
 
 from kms_operator.crypto import blob as blobs
 from kms_operator.errors import (
@@ -49,7 +50,7 @@ def test_round_trip(service: KeyService, key_id: uuid.UUID, size: int) -> None:
 
 
 def test_blob_header_names_key_and_version(service: KeyService, key_id: uuid.UUID) -> None:
-    service.rotate(key_id)
+    rotate(service, key_id)
     sealed = service.encrypt(NS, "alias/orders", b"x")
 
     header = blobs.parse_header(sealed.ciphertext_blob)
@@ -146,7 +147,7 @@ def test_decrypt_needs_no_namespace_and_ignores_aliases(
     service: KeyService, key_id: uuid.UUID
 ) -> None:
     sealed = service.encrypt(NS, "alias/orders", b"data")
-    service.set_aliases(key_id, [])
+    set_aliases(service, key_id, [])
 
     assert service.decrypt(sealed.ciphertext_blob).plaintext == b"data"
 
@@ -247,7 +248,7 @@ def test_re_encrypt_to_the_current_version_after_rotation(
     service: KeyService, key_id: uuid.UUID
 ) -> None:
     sealed = service.encrypt(NS, "orders", b"data")
-    service.rotate(key_id)
+    rotate(service, key_id)
 
     moved = service.re_encrypt(sealed.ciphertext_blob, NS, "orders")
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from tests.support.changes import fire
 from tests.support.clocks import ManualClock
 
 from kms_operator.errors import DefaultKeyProtected, InvalidRequest, KeyStateError
-from kms_operator.keys.service import KeyService
+from kms_operator.keys.service import KeyService, Timer
 from kms_operator.store.records import KeyState
 
 pytestmark = pytest.mark.unit
@@ -40,7 +41,7 @@ def test_default_key_deletion_refused_unless_the_namespace_terminates(
     with pytest.raises(KeyStateError):
         service.encrypt("team-a", "alias/kms/datakeys", b"x")
     clock.advance(timedelta(days=7))
-    destroyed = service.destroy_if_due(key.key_id)
+    destroyed = fire(service, key.key_id, Timer.DESTRUCTION)
     assert destroyed is not None and destroyed.state is KeyState.DESTROYED
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from tests.support.changes import fire, rotate, set_aliases, set_enabled
 from tests.support.clocks import ManualClock
 from tests.support.importing import Importer
 
@@ -20,7 +21,7 @@ from kms_operator.errors import (
     KeyStateError,
     NotFound,
 )
-from kms_operator.keys.service import KeyService
+from kms_operator.keys.service import KeyService, Timer
 from kms_operator.store.records import Origin
 
 pytestmark = pytest.mark.unit
@@ -38,19 +39,19 @@ def _warm(
 def test_disable_is_seen_by_both_paths(service: KeyService) -> None:
     key = service.create_key("ns", "k")
     blob = _warm(service)
-    service.set_enabled(key.key_id, False)
+    set_enabled(service, key.key_id, False)
     with pytest.raises(KeyDisabled):
         service.encrypt("ns", "k", b"x")
     with pytest.raises(KeyDisabled):
         service.decrypt(blob)
-    service.set_enabled(key.key_id, True)
+    set_enabled(service, key.key_id, True)
     assert service.decrypt(blob).plaintext == b"secret"
 
 
 def test_rotation_moves_encrypt_to_the_new_version(service: KeyService) -> None:
     key = service.create_key("ns", "k")
     old = _warm(service)
-    service.rotate(key.key_id)
+    rotate(service, key.key_id)
     assert service.encrypt("ns", "k", b"x").key_version == 2
     assert service.decrypt(old).key_version == 1
 
@@ -58,7 +59,7 @@ def test_rotation_moves_encrypt_to_the_new_version(service: KeyService) -> None:
 def test_alias_moved_to_another_key(service: KeyService) -> None:
     first = service.create_key("ns", "a", aliases=["alias/x"])
     _warm(service, "alias/x")
-    service.set_aliases(first.key_id, [])
+    set_aliases(service, first.key_id, [])
     with pytest.raises(NotFound):
         service.encrypt("ns", "alias/x", b"x")
     second = service.create_key("ns", "b", aliases=["alias/x"])
@@ -74,7 +75,7 @@ def test_pending_deletion_and_destruction(service: KeyService, clock: ManualCloc
     with pytest.raises(KeyPendingDeletion):
         service.decrypt(blob)
     clock.advance(timedelta(days=8))
-    assert service.destroy_if_due(key.key_id) is not None
+    assert fire(service, key.key_id, Timer.DESTRUCTION) is not None
     with pytest.raises(KeyStateError):
         service.decrypt(blob)
     with pytest.raises(NotFound):

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
+from tests.support.changes import fire
 from tests.support.clocks import ManualClock
 from tests.support.importing import Importer
 
@@ -27,7 +28,7 @@ from kms_operator.errors import (
     KeyPendingImport,
 )
 from kms_operator.keys.clock import Timescale
-from kms_operator.keys.service import KeyService
+from kms_operator.keys.service import KeyService, Timer
 from kms_operator.store.records import KeyState, Origin, VersionState
 from kms_operator.store.rootkey import legacy_fingerprint
 from kms_operator.store.sqlite import SqliteKeyStore
@@ -395,7 +396,7 @@ def test_expired_material_is_refused_at_once_then_dropped(
     importer.import_material(key_id, MATERIAL, valid_to=valid_to)
     sealed = service.encrypt(NS, "byok", b"short-lived")
     assert service.next_deadline(key_id) == valid_to
-    assert service.expire_material_if_due(key_id) is None
+    assert fire(service, key_id, Timer.EXPIRY) is None
 
     clock.set(valid_to)
 
@@ -408,14 +409,14 @@ def test_expired_material_is_refused_at_once_then_dropped(
     with pytest.raises(KeyPendingImport):
         service.decrypt(sealed.ciphertext_blob)
 
-    expired = service.expire_material_if_due(key_id)
+    expired = fire(service, key_id, Timer.EXPIRY)
 
     assert expired is not None
     assert expired.state is KeyState.PENDING_IMPORT
     assert expired.versions[0].state is VersionState.PENDING_IMPORT
     assert expired.versions[0].expires_at is None
     assert service.next_deadline(key_id) is None
-    assert service.expire_material_if_due(key_id) is None
+    assert fire(service, key_id, Timer.EXPIRY) is None
 
     # The same material brings it back, with a new validity.
     record, _ = importer.import_material(key_id, MATERIAL, valid_to=clock.now() + DAY)
@@ -432,5 +433,5 @@ def test_reimport_extends_validity(
 
     assert record.versions[0].expires_at == clock.now() + 30 * DAY
     clock.advance(2 * DAY)
-    assert service.expire_material_if_due(key_id) is None
+    assert fire(service, key_id, Timer.EXPIRY) is None
     assert service.encrypt(NS, "byok", b"x").key_version == 1

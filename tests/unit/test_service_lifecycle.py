@@ -13,6 +13,7 @@ from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
+from tests.support.changes import fire, rotate, set_aliases, set_enabled, set_rotation_period
 from tests.support.clocks import ManualClock
 
 from kms_operator.crypto.wrapping import WrappingAlgorithm, WrappingKeySpec
@@ -26,7 +27,7 @@ from kms_operator.errors import (
     NotFound,
 )
 from kms_operator.keys.clock import Timescale
-from kms_operator.keys.service import KeyService
+from kms_operator.keys.service import KeyService, Timer
 from kms_operator.store.records import KeyState, Origin, VersionState
 from kms_operator.store.sqlite import SqliteKeyStore
 
@@ -110,7 +111,7 @@ def test_disabled_key_refuses_crypto_naming_the_state_and_keeps_material(
     key = service.create_key(NS, "orders")
     sealed = service.encrypt(NS, "orders", b"before", {"a": "b"})
 
-    disabled = service.set_enabled(key.key_id, False)
+    disabled = set_enabled(service, key.key_id, False)
 
     assert disabled.state is KeyState.DISABLED
     assert disabled.versions == key.versions
@@ -123,7 +124,7 @@ def test_disabled_key_refuses_crypto_naming_the_state_and_keeps_material(
         with pytest.raises(KeyDisabled, match="is Disabled"):
             attempt()
 
-    enabled = service.set_enabled(key.key_id, True)
+    enabled = set_enabled(service, key.key_id, True)
 
     assert enabled.state is KeyState.ENABLED
     assert service.decrypt(sealed.ciphertext_blob, {"a": "b"}).plaintext == b"before"
@@ -131,9 +132,9 @@ def test_disabled_key_refuses_crypto_naming_the_state_and_keeps_material(
 
 def test_disable_is_idempotent(service: KeyService) -> None:
     key = service.create_key(NS, "orders")
-    once = service.set_enabled(key.key_id, False)
+    once = set_enabled(service, key.key_id, False)
 
-    assert service.set_enabled(key.key_id, False) is once
+    assert set_enabled(service, key.key_id, False) is once
 
 
 def test_re_enabled_key_decrypts_old_blobs_after_a_restart(
@@ -141,11 +142,11 @@ def test_re_enabled_key_decrypts_old_blobs_after_a_restart(
 ) -> None:
     key = service.create_key(NS, "orders")
     sealed = service.encrypt(NS, "orders", b"kept")
-    service.set_enabled(key.key_id, False)
+    set_enabled(service, key.key_id, False)
 
     restarted = reopen()
     assert restarted.get(key.key_id).state is KeyState.DISABLED
-    restarted.set_enabled(key.key_id, True)
+    set_enabled(restarted, key.key_id, True)
 
     assert restarted.decrypt(sealed.ciphertext_blob).plaintext == b"kept"
 
@@ -160,7 +161,7 @@ def test_rotate_adds_a_version_and_old_versions_still_decrypt(
     old = service.encrypt(NS, "orders", b"v1 data")
     clock.advance(DAY)
 
-    rotated = service.rotate(key.key_id)
+    rotated = rotate(service, key.key_id)
 
     assert rotated.current_version == 2
     assert [v.version for v in rotated.versions] == [1, 2]
@@ -179,7 +180,7 @@ def test_rotated_versions_survive_a_restart(
     key = service.create_key(NS, "orders")
     blobs = [service.encrypt(NS, "orders", b"v1").ciphertext_blob]
     for _ in range(3):
-        service.rotate(key.key_id)
+        rotate(service, key.key_id)
         blobs.append(service.encrypt(NS, "orders", b"next").ciphertext_blob)
 
     restarted = reopen()
@@ -192,22 +193,22 @@ def test_external_key_refuses_on_demand_rotation(service: KeyService) -> None:
     key = service.create_key(NS, "byok", origin=Origin.EXTERNAL)
 
     with pytest.raises(InvalidRequest, match="EXTERNAL") as caught:
-        service.rotate(key.key_id)
+        rotate(service, key.key_id)
 
     assert caught.value.field == "origin"
 
 
 def test_only_enabled_keys_rotate(service: KeyService) -> None:
     key = service.create_key(NS, "orders")
-    service.set_enabled(key.key_id, False)
+    set_enabled(service, key.key_id, False)
 
     with pytest.raises(KeyDisabled, match="Disabled"):
-        service.rotate(key.key_id)
+        rotate(service, key.key_id)
 
-    service.set_enabled(key.key_id, True)
+    set_enabled(service, key.key_id, True)
     service.schedule_deletion(key.key_id, 7)
     with pytest.raises(KeyPendingDeletion, match="PendingDeletion"):
-        service.rotate(key.key_id)
+        rotate(service, key.key_id)
     assert service.get(key.key_id).current_version == 1
 
 
@@ -218,16 +219,16 @@ def test_automatic_rotation_follows_the_period(service: KeyService, clock: Manua
     assert service.next_deadline(key.key_id) == start + 90 * DAY
 
     clock.advance(90 * DAY - timedelta(seconds=1))
-    assert service.rotate_if_due(key.key_id) is None
+    assert fire(service, key.key_id, Timer.ROTATION) is None
 
     clock.advance(timedelta(seconds=1))
-    rotated = service.rotate_if_due(key.key_id)
+    rotated = fire(service, key.key_id, Timer.ROTATION)
 
     assert rotated is not None
     assert rotated.current_version == 2
     assert rotated.last_rotated_at == clock.now()
     assert rotated.next_rotation_at == clock.now() + 90 * DAY
-    assert service.rotate_if_due(key.key_id) is None
+    assert fire(service, key.key_id, Timer.ROTATION) is None
 
 
 def test_automatic_rotation_after_a_long_outage_rotates_once(
@@ -236,12 +237,12 @@ def test_automatic_rotation_after_a_long_outage_rotates_once(
     key = service.create_key(NS, "orders", rotation_period_days=90)
     clock.advance(1000 * DAY)
 
-    rotated = service.rotate_if_due(key.key_id)
+    rotated = fire(service, key.key_id, Timer.ROTATION)
 
     assert rotated is not None
     assert rotated.current_version == 2
     assert rotated.next_rotation_at == clock.now() + 90 * DAY
-    assert service.rotate_if_due(key.key_id) is None
+    assert fire(service, key.key_id, Timer.ROTATION) is None
 
 
 def test_on_demand_rotation_keeps_the_automatic_schedule(
@@ -250,21 +251,21 @@ def test_on_demand_rotation_keeps_the_automatic_schedule(
     key = service.create_key(NS, "orders", rotation_period_days=365)
     clock.advance(10 * DAY)
 
-    rotated = service.rotate(key.key_id)
+    rotated = rotate(service, key.key_id)
 
     assert rotated.next_rotation_at == key.next_rotation_at
 
 
 def test_automatic_rotation_waits_while_disabled(service: KeyService, clock: ManualClock) -> None:
     key = service.create_key(NS, "orders", rotation_period_days=90)
-    service.set_enabled(key.key_id, False)
+    set_enabled(service, key.key_id, False)
     clock.advance(100 * DAY)
 
-    assert service.rotate_if_due(key.key_id) is None
+    assert fire(service, key.key_id, Timer.ROTATION) is None
     assert service.next_deadline(key.key_id) is None
 
-    service.set_enabled(key.key_id, True)
-    rotated = service.rotate_if_due(key.key_id)
+    set_enabled(service, key.key_id, True)
+    rotated = fire(service, key.key_id, Timer.ROTATION)
     assert rotated is not None
     assert rotated.current_version == 2
 
@@ -274,19 +275,19 @@ def test_set_rotation_period_turns_rotation_on_and_off(
 ) -> None:
     key = service.create_key(NS, "orders")
     assert key.next_rotation_at is None
-    assert service.rotate_if_due(key.key_id) is None
+    assert fire(service, key.key_id, Timer.ROTATION) is None
 
-    on = service.set_rotation_period(key.key_id, 2560)
+    on = set_rotation_period(service, key.key_id, 2560)
     assert on.next_rotation_at == clock.now() + 2560 * DAY
 
     with pytest.raises(InvalidRequest):
-        service.set_rotation_period(key.key_id, 3000)
+        set_rotation_period(service, key.key_id, 3000)
 
-    off = service.set_rotation_period(key.key_id, None)
+    off = set_rotation_period(service, key.key_id, None)
     assert off.rotation_period_days is None
     assert off.next_rotation_at is None
     clock.advance(3000 * DAY)
-    assert service.rotate_if_due(key.key_id) is None
+    assert fire(service, key.key_id, Timer.ROTATION) is None
 
 
 # -- aliases and resolution --------------------------------------------------------------
@@ -312,7 +313,7 @@ def test_alias_is_unique_per_namespace_and_the_conflict_names_the_other_key(
 
     other = service.create_key(NS, "invoices")
     with pytest.raises(AliasConflict, match=f"{NS}/orders"):
-        service.set_aliases(other.key_id, ["alias/shared"])
+        set_aliases(service, other.key_id, ["alias/shared"])
 
     # The same alias in another namespace is another alias.
     service.create_key("billing", "orders", aliases=["alias/shared"])
@@ -322,8 +323,8 @@ def test_alias_moves_after_the_owner_lets_it_go(service: KeyService) -> None:
     first = service.create_key(NS, "orders", aliases=["alias/current"])
     second = service.create_key(NS, "orders-v2")
 
-    service.set_aliases(first.key_id, [])
-    service.set_aliases(second.key_id, ["alias/current"])
+    set_aliases(service, first.key_id, [])
+    set_aliases(service, second.key_id, ["alias/current"])
 
     assert service.resolve(NS, "alias/current").key_id == second.key_id
 
@@ -335,7 +336,7 @@ def test_reserved_default_alias_prefix_is_refused_for_user_keys(service: KeyServ
 
     key = service.create_key(NS, "orders")
     with pytest.raises(InvalidRequest, match="reserved"):
-        service.set_aliases(key.key_id, ["alias/kms/mine"])
+        set_aliases(service, key.key_id, ["alias/kms/mine"])
 
 
 def test_resolve_by_alias_name_or_key_id(service: KeyService) -> None:
@@ -420,10 +421,10 @@ def test_pending_deletion_key_refuses_every_use_naming_the_date(service: KeyServ
         lambda: service.decrypt(sealed.ciphertext_blob),
         lambda: service.generate_data_key(NS, "orders"),
         lambda: service.re_encrypt(sealed.ciphertext_blob, NS, "orders"),
-        lambda: service.rotate(key.key_id),
-        lambda: service.set_enabled(key.key_id, False),
-        lambda: service.set_aliases(key.key_id, []),
-        lambda: service.set_rotation_period(key.key_id, 365),
+        lambda: rotate(service, key.key_id),
+        lambda: set_enabled(service, key.key_id, False),
+        lambda: set_aliases(service, key.key_id, []),
+        lambda: set_rotation_period(service, key.key_id, 365),
     ):
         with pytest.raises(KeyPendingDeletion, match="PendingDeletion") as caught:
             attempt()
@@ -434,7 +435,7 @@ def test_cancel_deletion_leaves_the_key_disabled_with_the_same_versions(
     service: KeyService, clock: ManualClock
 ) -> None:
     key = service.create_key(NS, "orders", aliases=["alias/orders"])
-    service.rotate(key.key_id)
+    rotate(service, key.key_id)
     sealed = service.encrypt(NS, "orders", b"data")
     service.schedule_deletion(key.key_id, 7)
     clock.advance(6 * DAY)
@@ -448,8 +449,8 @@ def test_cancel_deletion_leaves_the_key_disabled_with_the_same_versions(
     assert [v.version for v in cancelled.versions] == [1, 2]
     assert cancelled.aliases == ("alias/orders",)
     clock.advance(30 * DAY)
-    assert service.destroy_if_due(key.key_id) is None
-    service.set_enabled(key.key_id, True)
+    assert fire(service, key.key_id, Timer.DESTRUCTION) is None
+    set_enabled(service, key.key_id, True)
     assert service.decrypt(sealed.ciphertext_blob).plaintext == b"data"
 
 
@@ -469,18 +470,18 @@ def test_destroy_waits_for_the_date_whatever_the_clock_does(
 
     for jump in (6 * DAY, -100 * DAY, 7 * DAY - timedelta(microseconds=1)):
         clock.set(pending.deletion_requested_at + jump)  # type: ignore[operator]
-        assert service.destroy_if_due(key.key_id) is None
+        assert fire(service, key.key_id, Timer.DESTRUCTION) is None
         assert service.get(key.key_id).state is KeyState.PENDING_DELETION
 
     # The wall clock stepped to the date, but no time passed: the window is not over.
     clock.set(pending.deletion_date)
-    assert service.destroy_if_due(key.key_id) is None
+    assert fire(service, key.key_id, Timer.DESTRUCTION) is None
     assert service.next_deadline(key.key_id) == pending.deletion_date + 7 * DAY
     clock.advance_monotonic(7 * DAY - timedelta(microseconds=1))
-    assert service.destroy_if_due(key.key_id) is None
+    assert fire(service, key.key_id, Timer.DESTRUCTION) is None
     assert service.next_deadline(key.key_id) == pending.deletion_date + timedelta(microseconds=1)
     clock.advance_monotonic(timedelta(microseconds=1))
-    destroyed = service.destroy_if_due(key.key_id)
+    destroyed = fire(service, key.key_id, Timer.DESTRUCTION)
 
     assert destroyed is not None
     assert destroyed.state is KeyState.DESTROYED
@@ -495,12 +496,12 @@ def test_destroy_shreds_every_version_and_releases_name_and_aliases(
 ) -> None:
     key = service.create_key(NS, "orders", aliases=["alias/orders"])
     old = [service.encrypt(NS, "orders", b"v1").ciphertext_blob]
-    service.rotate(key.key_id)
+    rotate(service, key.key_id)
     old.append(service.encrypt(NS, "orders", b"v2").ciphertext_blob)
     service.schedule_deletion(key.key_id, 7)
     clock.advance(8 * DAY)
 
-    destroyed = service.destroy_if_due(key.key_id)
+    destroyed = fire(service, key.key_id, Timer.DESTRUCTION)
 
     assert destroyed is not None
     assert all(v.state is VersionState.DESTROYED for v in destroyed.versions)
@@ -509,7 +510,7 @@ def test_destroy_shreds_every_version_and_releases_name_and_aliases(
     for blob in old:
         with pytest.raises(KeyStateError, match="Destroyed"):
             service.decrypt(blob)
-    assert service.destroy_if_due(key.key_id) is None
+    assert fire(service, key.key_id, Timer.DESTRUCTION) is None
     assert service.find(NS, "orders") is None
     with pytest.raises(NotFound):
         service.resolve(NS, "alias/orders")
@@ -531,24 +532,24 @@ def test_destroyed_key_refuses_lifecycle_verbs(service: KeyService, clock: Manua
     key = service.create_key(NS, "orders")
     service.schedule_deletion(key.key_id, 7)
     clock.advance(7 * DAY)
-    service.destroy_if_due(key.key_id)
+    fire(service, key.key_id, Timer.DESTRUCTION)
 
     assert service.schedule_deletion(key.key_id, 7).state is KeyState.DESTROYED
     assert service.next_deadline(key.key_id) is None
     for attempt in (
         lambda: service.cancel_deletion(key.key_id),
-        lambda: service.set_enabled(key.key_id, True),
-        lambda: service.rotate(key.key_id),
+        lambda: set_enabled(service, key.key_id, True),
+        lambda: rotate(service, key.key_id),
         lambda: service.encrypt(NS, str(key.key_id), b"x"),
     ):
         with pytest.raises(KeyStateError, match="Destroyed"):
             attempt()
 
 
-def test_destroy_if_due_without_a_deletion_is_nothing(service: KeyService) -> None:
+def test_no_destruction_without_a_deletion(service: KeyService) -> None:
     key = service.create_key(NS, "orders")
 
-    assert service.destroy_if_due(key.key_id) is None
+    assert fire(service, key.key_id, Timer.DESTRUCTION) is None
 
 
 def test_unknown_key_id_is_not_found(service: KeyService) -> None:
@@ -561,53 +562,28 @@ def test_unknown_key_id_is_not_found(service: KeyService) -> None:
 # -- default keys ------------------------------------------------------------------------
 
 
-def test_ensure_default_key_creates_once(
-    service: KeyService, reopen: Callable[[], KeyService]
-) -> None:
-    key = service.ensure_default_key(NS, "datakeys", "default-datakeys")
-
-    assert key.is_default
-    assert key.default_service == "datakeys"
-    assert key.aliases == ("alias/kms/datakeys",)
-    assert key.state is KeyState.ENABLED
-    assert service.ensure_default_key(NS, "datakeys", "default-datakeys").key_id == key.key_id
-    assert service.ensure_default_key(NS, "datakeys", "another-name").key_id == key.key_id
-    assert reopen().ensure_default_key(NS, "datakeys", "x").key_id == key.key_id
-    assert service.ensure_default_key("billing", "datakeys", "default-datakeys") != key
-    assert service.resolve(NS, "alias/kms/datakeys").key_id == key.key_id
-
-
 def test_default_key_is_protected(service: KeyService) -> None:
-    key = service.ensure_default_key(NS, "datakeys", "default-datakeys")
+    key = service.create_key(
+        NS, "default-datakeys", aliases=["alias/kms/datakeys"], default_service="datakeys"
+    )
 
     with pytest.raises(DefaultKeyProtected, match="disabled"):
-        service.set_enabled(key.key_id, False)
+        set_enabled(service, key.key_id, False)
     with pytest.raises(DefaultKeyProtected, match="deleted"):
         service.schedule_deletion(key.key_id, 30)
     with pytest.raises(DefaultKeyProtected, match="rotated on demand"):
-        service.rotate(key.key_id)
+        rotate(service, key.key_id)
     with pytest.raises(DefaultKeyProtected, match="imported material"):
         service.create_import_parameters(
             key.key_id, WrappingAlgorithm.RSAES_OAEP_SHA_256, WrappingKeySpec.RSA_2048
         )
     with pytest.raises(DefaultKeyProtected, match="alias"):
-        service.set_aliases(key.key_id, [])
+        set_aliases(service, key.key_id, [])
 
     # ... and it keeps working.
     assert service.get(key.key_id).state is KeyState.ENABLED
     sealed = service.encrypt(NS, "alias/kms/datakeys", b"still works")
     assert service.decrypt(sealed.ciphertext_blob).plaintext == b"still works"
-
-
-def test_default_key_name_taken_by_a_user_key_is_not_silently_reused(
-    service: KeyService,
-) -> None:
-    user_key = service.create_key(NS, "default-datakeys")
-
-    with pytest.raises(AliasConflict, match=f"{NS}/default-datakeys"):
-        service.ensure_default_key(NS, "datakeys", "default-datakeys")
-
-    assert not service.get(user_key.key_id).is_default
 
 
 # -- deadlines and the length of a day ---------------------------------------------------
@@ -625,7 +601,7 @@ def test_next_deadline_is_the_earliest_timer(service: KeyService, clock: ManualC
 
     service.cancel_deletion(rotating.key_id)
     assert service.next_deadline(rotating.key_id) is None  # Disabled: no rotation timer
-    service.set_enabled(rotating.key_id, True)
+    set_enabled(service, rotating.key_id, True)
     assert service.next_deadline(rotating.key_id) == rotating.next_rotation_at
 
 
@@ -639,8 +615,8 @@ def test_day_length_is_configurable(store: SqliteKeyStore, clock: ManualClock) -
     assert pending.deletion_date == start + timedelta(seconds=7)
 
     clock.advance(timedelta(seconds=6))
-    assert fast.destroy_if_due(key.key_id) is None
+    assert fire(fast, key.key_id, Timer.DESTRUCTION) is None
     clock.advance(timedelta(seconds=1))
-    destroyed = fast.destroy_if_due(key.key_id)
+    destroyed = fire(fast, key.key_id, Timer.DESTRUCTION)
     assert destroyed is not None
     assert destroyed.state is KeyState.DESTROYED

@@ -441,7 +441,7 @@ def test_wrapped_material_is_bound_to_its_row(store: SqliteKeyStore, db_path: Pa
 
 
 def _destroyed(record: KeyRecord) -> KeyRecord:
-    """What the lifecycle service hands the store (KeyService.destroy_if_due)."""
+    """What the lifecycle service hands the store (KeyService.run_due, destroying a key)."""
     return record.evolve(
         destroyed_at=T0 + timedelta(days=40),
         enabled=False,

@@ -16,7 +16,6 @@ from kms_operator.timestamps import rfc3339
 
 READY = "Ready"
 SYNCED = "Synced"  # the spec was applied to the store as written
-ALIAS_CONFLICT = "AliasConflict"
 IN_STORE = "InStore"  # the key the object is bound to exists in the store
 
 # Reasons (also Event reasons).
@@ -28,23 +27,10 @@ PENDING_DELETION = "PendingDeletion"
 DESTROYED = "Destroyed"
 APPLIED = "Applied"
 ROTATED = "Rotated"
-DELETION_SCHEDULED = "DeletionScheduled"
-DELETION_CANCELLED = "DeletionCancelled"
 DEFAULT_KEY_PROTECTED = "DefaultKeyProtected"
 INVALID_SPEC = "InvalidSpec"
-KEY_MISSING_FROM_STORE = "KeyMissingFromStore"
-KEY_WITHOUT_OBJECT = "KeyWithoutObject"
-#: The object's name holds the key of an earlier object that this one does not claim.
-KEY_BOUND_ELSEWHERE = "KeyBoundElsewhere"
-#: The object claims (kms.cmk.dev/key-id) a key it cannot take.
-KEY_CLAIM_REFUSED = "KeyClaimRefused"
-#: A cancellation refused because the namespace is being deleted.
-NAMESPACE_TERMINATING = "NamespaceTerminating"
-#: Handling a deletion (or creating the object again) failed; it is retried.
-DELETION_FAILED = "DeletionFailed"
 MATERIAL_EXPIRED = "MaterialExpired"
 FOUND = "Found"
-NO_CONFLICT = "NoConflict"
 ERROR = "Error"
 
 

@@ -1,8 +1,11 @@
 """Timers driven from the store's dates: destruction, automatic rotation, material expiry.
 
-The store keeps every date; this loop sleeps until the earliest one (re-reading the clock at
-least every ``max_sleep`` seconds), so restarts, clock jumps and missed events neither lose
-nor advance a schedule. Handlers call :meth:`DeadlineScheduler.wake` when they change a date.
+The store keeps every date, and the key service decides what is due and acts on it
+(:meth:`~kms_operator.keys.service.KeyService.run_due`); this loop calls it, shows each change
+on the key's object (an Event, the status, the finalizer released after a destruction) and
+sleeps until the next date (re-reading the clock at least every ``max_sleep`` seconds), so
+restarts, clock jumps and missed events neither lose nor advance a schedule. Handlers call
+:meth:`DeadlineScheduler.wake` when they change a date.
 
 The loop survives any exception of a scan (a full disk, a store that went away): it logs,
 backs off exponentially (capped) and retries; :meth:`DeadlineScheduler.problem` says why it is
@@ -14,18 +17,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from kms_operator.contract import SCHEDULED_DELETION_FINALIZER
-from kms_operator.errors import KmsError
-from kms_operator.keys.service import KeyService
+from kms_operator.contract import CMK_KIND, SCHEDULED_DELETION_FINALIZER
+from kms_operator.keys.service import KeyService, Timer
 from kms_operator.kube.objects import Objects
 from kms_operator.store.records import KeyRecord, KeyState
 
 from . import conditions, statuses
+from .outcomes import Notice, ObjectRef, post_notices_now
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,16 @@ class Backoff:
 
 #: A destroyed key's object to release: namespace, name and the object's UID (None: any).
 _Unreleased = tuple[str, str, str | None]
+
+#: How each timer's change is shown on the key's object: the Event's reason and message.
+_SHOWN = {
+    Timer.DESTRUCTION: (conditions.DESTROYED, "every version was destroyed"),
+    Timer.ROTATION: (conditions.ROTATED, "rotated on its schedule"),
+    Timer.EXPIRY: (
+        conditions.MATERIAL_EXPIRED,
+        "imported material reached its validTo and was deleted",
+    ),
+}
 
 
 class DeadlineScheduler:
@@ -107,46 +119,19 @@ class DeadlineScheduler:
         """Act on every due date; return how long to sleep until the next one."""
         for unreleased in list(self._unreleased):
             await asyncio.to_thread(self._release, *unreleased)
-        now = self._service.clock.now()
-        earliest = None
-        for record in self._service.keys():
-            if record.state is KeyState.DESTROYED:
-                continue
-            due = self._service.next_deadline(record.key_id)
-            if due is None:
-                continue
-            if due <= now:
-                await self._act(record.key_id)
-                due = self._service.next_deadline(record.key_id)
-            if due is not None and (earliest is None or due < earliest):
-                earliest = due
+        fired = await asyncio.to_thread(self._service.run_due, self._service.clock.now())
+        for record, timer in fired:
+            await asyncio.to_thread(self._publish, record, timer)
+        earliest = self._service.next_deadline()
         delay = self._max_sleep if not self._unreleased else 1.0
         if earliest is not None:
             delay = max(0.05, min(delay, (earliest - self._service.clock.now()).total_seconds()))
         return delay
 
-    async def _act(self, key_id: uuid.UUID) -> None:
-        steps: list[tuple[Callable[[uuid.UUID], KeyRecord | None], str, str]] = [
-            (self._service.destroy_if_due, conditions.DESTROYED, "every version was destroyed"),
-            (self._service.rotate_if_due, conditions.ROTATED, "rotated on its schedule"),
-            (
-                self._service.expire_material_if_due,
-                conditions.MATERIAL_EXPIRED,
-                "imported material reached its validTo and was deleted",
-            ),
-        ]
-        for step, reason, message in steps:
-            try:
-                changed = await asyncio.to_thread(step, key_id)
-            except KmsError as exc:
-                log.warning("timer for key %s failed: %s", key_id, exc.message)
-                continue
-            if changed is not None:
-                await asyncio.to_thread(self._publish, changed, reason, message)
-
-    def _publish(self, record: KeyRecord, reason: str, message: str) -> None:
+    def _publish(self, record: KeyRecord, timer: Timer) -> None:
         """Mirror a timer's change onto the custom resource; release it once destroyed."""
-        if reason == conditions.DESTROYED:
+        reason, message = _SHOWN[timer]
+        if timer is Timer.DESTRUCTION:
             message = f"{message} (version {record.current_version} was current)"
         try:
             publish_key_change(self._objects, record, reason, message, self._service.clock.now())
@@ -195,20 +180,12 @@ def publish_key_change(
     uid = body["metadata"].get("uid") if body else None
     if uid is None:
         message = f"key {record.key_id} (no CustomerMasterKey holds it): {message}"
-    try:
-        objects.post_event(
-            record.namespace, record.name, uid, type_="Normal", reason=reason, message=message
-        )
-    except Exception:
-        # A namespace being deleted refuses new Events; the status below still shows it.
-        log.warning(
-            "could not post the %s Event of key %s (%s/%s): %s",
-            reason,
-            record.key_id,
-            record.namespace,
-            record.name,
-            message,
-        )
+    # A namespace being deleted refuses new Events (logged); the status below still shows it.
+    post_notices_now(
+        objects,
+        ObjectRef(CMK_KIND, record.namespace, record.name, uid),
+        [Notice("Normal", reason, message)],
+    )
     if body is None or record.state is KeyState.DESTROYED:
         return
     objects.patch_cmk_status(

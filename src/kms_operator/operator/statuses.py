@@ -1,4 +1,9 @@
-"""``CustomerMasterKey.status`` from a key record: a pure function, no cluster needed."""
+"""``CustomerMasterKey.status`` from a key record: pure functions, no cluster needed.
+
+:func:`key_outcome` says what a key record shows (its status fields, Ready from its state,
+InStore) as an :class:`~kms_operator.operator.outcomes.Outcome`; :func:`status_patch` turns
+an outcome into the status to write, conditions merged with the object's own.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from kms_operator.timestamps import rfc3339, rfc3339_or_none
 
 from . import conditions
 from .conditions import Condition
+from .outcomes import Notice, Outcome
 
 _READY_REASONS = {
     KeyState.ENABLED: conditions.ENABLED,
@@ -20,6 +26,8 @@ _READY_REASONS = {
     KeyState.DESTROYED: conditions.DESTROYED,
     KeyState.CREATING: conditions.CREATED,
 }
+
+IN_STORE = Condition(conditions.IN_STORE, True, conditions.FOUND, "the key is in the store")
 
 
 def ready_condition(record: KeyRecord) -> Condition:
@@ -33,16 +41,10 @@ def ready_condition(record: KeyRecord) -> Condition:
     return Condition(conditions.READY, state is KeyState.ENABLED, _READY_REASONS[state], message)
 
 
-def key_status(
-    record: KeyRecord,
-    *,
-    existing_conditions: Iterable[Mapping[str, Any]] | None,
-    extra_conditions: Iterable[Condition] = (),
-    generation: int | None,
-    now: datetime,
-) -> dict[str, Any]:
+def key_fields(record: KeyRecord) -> dict[str, Any]:
+    """The status fields a key record determines (all but the conditions)."""
     current = record.versions[-1]
-    status: dict[str, Any] = {
+    fields: dict[str, Any] = {
         "keyId": str(record.key_id),
         "state": record.state.value,
         "origin": record.origin.value,
@@ -62,35 +64,64 @@ def key_status(
         },
         "deletionDate": rfc3339_or_none(record.deletion_date),
         "default": record.is_default,
-        "conditions": merge_conditions_for(
-            record, existing_conditions, extra_conditions, generation, now
-        ),
     }
     if record.origin is Origin.EXTERNAL:
-        status["material"] = {
+        fields["material"] = {
             "state": current.state.value,
             "importedAt": rfc3339_or_none(current.imported_at),
             "expiresAt": rfc3339_or_none(current.expires_at),
         }
+    return fields
+
+
+def key_outcome(
+    record: KeyRecord,
+    extra_conditions: Iterable[Condition] = (),
+    notices: Iterable[Notice] = (),
+) -> Outcome:
+    """What the object of ``record`` shows: its fields, Ready, InStore and ``extra``."""
+    return Outcome(
+        ready=ready_condition(record),
+        fields=key_fields(record),
+        extra_conditions=(IN_STORE, *extra_conditions),
+        notices=tuple(notices),
+    )
+
+
+def status_patch(
+    outcome: Outcome,
+    *,
+    existing_conditions: Iterable[Mapping[str, Any]] | None,
+    generation: int | None,
+    now: datetime,
+) -> dict[str, Any]:
+    """The status to write for ``outcome`` (a merge patch: fields it does not name stay)."""
+    status: dict[str, Any] = {
+        **outcome.fields,
+        "conditions": conditions.merge_conditions(
+            existing_conditions,
+            [outcome.ready, *outcome.extra_conditions],
+            generation=generation,
+            now=now,
+        ),
+    }
     if generation is not None:
         status["observedGeneration"] = generation
     return status
 
 
-def merge_conditions_for(
+def key_status(
     record: KeyRecord,
-    existing: Iterable[Mapping[str, Any]] | None,
-    extra: Iterable[Condition],
+    *,
+    existing_conditions: Iterable[Mapping[str, Any]] | None,
+    extra_conditions: Iterable[Condition] = (),
     generation: int | None,
     now: datetime,
-) -> list[dict[str, Any]]:
-    return conditions.merge_conditions(
-        existing,
-        [
-            ready_condition(record),
-            Condition(conditions.IN_STORE, True, conditions.FOUND, "the key is in the store"),
-            *extra,
-        ],
+) -> dict[str, Any]:
+    """The whole status of ``record``'s object (for writers outside a handler)."""
+    return status_patch(
+        key_outcome(record, extra_conditions),
+        existing_conditions=existing_conditions,
         generation=generation,
         now=now,
     )
