@@ -53,9 +53,6 @@ class FakeObjects:
     ) -> None:
         self.events.append((kind, name, type_, reason))
 
-    def post_event(self, namespace: str, name: str, uid: str | None, **event: Any) -> None:
-        self.post_event_on("CustomerMasterKey", namespace, name, uid, **event)
-
     def get_cmk(self, namespace: str, name: str) -> dict[str, Any] | None:
         return None
 

@@ -9,7 +9,7 @@ from typing import Any, cast
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from kms_operator.contract import API_VERSION, CMK_KIND, CMK_PLURAL, GROUP, MANAGED_BY, VERSION
+from kms_operator.contract import API_VERSION, CMK_PLURAL, GROUP, MANAGED_BY, VERSION
 from kms_operator.errors import KmsError
 
 Body = dict[str, Any]
@@ -167,21 +167,6 @@ class Objects:
                 ) from None
             raise
 
-    def post_event(
-        self,
-        namespace: str,
-        name: str,
-        uid: str | None,
-        *,
-        type_: str,
-        reason: str,
-        message: str,
-    ) -> None:
-        """An Event on a CustomerMasterKey (which may no longer exist: drift reports)."""
-        self.post_event_on(
-            CMK_KIND, namespace, name, uid, type_=type_, reason=reason, message=message
-        )
-
     def post_event_on(
         self,
         kind: str,
@@ -193,37 +178,21 @@ class Objects:
         reason: str,
         message: str,
     ) -> None:
-        """An Event on one of our objects of ``kind``."""
-        post_event(
-            self._core, kind, namespace, name, uid, type_=type_, reason=reason, message=message
+        """A core/v1 Event on one of our objects of ``kind`` (which may no longer exist: drift
+        reports), from the ``kms-operator`` component."""
+        now = datetime.now(UTC)
+        event = client.CoreV1Event(
+            metadata=client.V1ObjectMeta(generate_name=f"{name}.", namespace=namespace),
+            involved_object=client.V1ObjectReference(
+                api_version=API_VERSION, kind=kind, name=name, namespace=namespace, uid=uid
+            ),
+            type=type_,
+            reason=reason,
+            message=message[:1024],
+            source=client.V1EventSource(component=MANAGED_BY),
+            first_timestamp=now,
+            last_timestamp=now,
+            count=1,
+            reporting_component=MANAGED_BY,
         )
-
-
-def post_event(
-    core: client.CoreV1Api,
-    kind: str,
-    namespace: str,
-    name: str,
-    uid: str | None,
-    *,
-    type_: str,
-    reason: str,
-    message: str,
-) -> None:
-    """A core/v1 Event on one of our objects, from the ``kms-operator`` component."""
-    now = datetime.now(UTC)
-    event = client.CoreV1Event(
-        metadata=client.V1ObjectMeta(generate_name=f"{name}.", namespace=namespace),
-        involved_object=client.V1ObjectReference(
-            api_version=API_VERSION, kind=kind, name=name, namespace=namespace, uid=uid
-        ),
-        type=type_,
-        reason=reason,
-        message=message[:1024],
-        source=client.V1EventSource(component=MANAGED_BY),
-        first_timestamp=now,
-        last_timestamp=now,
-        count=1,
-        reporting_component=MANAGED_BY,
-    )
-    core.create_namespaced_event(namespace, event)
+        self._core.create_namespaced_event(namespace, event)

@@ -1,8 +1,8 @@
 """``CustomerMasterKey.status`` from a key record: pure functions, no cluster needed.
 
 :func:`key_outcome` says what a key record shows (its status fields, Ready from its state,
-InStore) as an :class:`~kms_operator.operator.outcomes.Outcome`; :func:`status_patch` turns
-an outcome into the status to write, conditions merged with the object's own.
+InStore) as an :class:`~kms_operator.operator.outcomes.Outcome`;
+:func:`~kms_operator.operator.outcomes.status_patch` turns it into the status to write.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from kms_operator.timestamps import rfc3339, rfc3339_or_none
 
 from . import conditions
 from .conditions import Condition
-from .outcomes import Notice, Outcome
+from .outcomes import Notice, Outcome, status_patch
 
 _READY_REASONS = {
     KeyState.ENABLED: conditions.ENABLED,
@@ -86,28 +86,6 @@ def key_outcome(
         extra_conditions=(IN_STORE, *extra_conditions),
         notices=tuple(notices),
     )
-
-
-def status_patch(
-    outcome: Outcome,
-    *,
-    existing_conditions: Iterable[Mapping[str, Any]] | None,
-    generation: int | None,
-    now: datetime,
-) -> dict[str, Any]:
-    """The status to write for ``outcome`` (a merge patch: fields it does not name stay)."""
-    status: dict[str, Any] = {
-        **outcome.fields,
-        "conditions": conditions.merge_conditions(
-            existing_conditions,
-            [outcome.ready, *outcome.extra_conditions],
-            generation=generation,
-            now=now,
-        ),
-    }
-    if generation is not None:
-        status["observedGeneration"] = generation
-    return status
 
 
 def key_status(

@@ -24,8 +24,8 @@ from kms_operator.errors import KmsError
 from kms_operator.keys.service import KeyService, SpecResult
 from kms_operator.kube.objects import NamespaceInfo
 
-from .. import conditions, statuses
-from ..outcomes import ObjectRef, Outcome, handler_error, post_notices
+from .. import conditions
+from ..outcomes import ObjectRef, Outcome, handler_error, post_notices, status_patch
 from ..registries import registry
 from ..runtime import Runtime
 from .aliases import (
@@ -137,7 +137,7 @@ async def _write(body: kopf.Body, patch: kopf.Patch, runtime: Runtime, outcome: 
     """The outcome as the status patch Kopf applies, and its Events."""
     existing = body.status.get("conditions")
     patch.status.update(
-        statuses.status_patch(
+        status_patch(
             outcome,
             existing_conditions=existing,
             generation=body.metadata.get("generation"),
