@@ -51,6 +51,10 @@ KOPF_PREFIX = f"kopf.{GROUP}"
 SECRET_TYPE = PREFIX + "data-key"
 SECRET_CIPHERTEXT_KEY = "ciphertext"  # noqa: S105 - a data key name
 SECRET_PLAINTEXT_KEY = "plaintext"  # noqa: S105 - a data key name
+#: The same two values as base64 text: raw bytes cannot be environment variables (runc refuses
+#: NUL, the CRI wants UTF-8), so pods that take the data key through ``env`` read these.
+SECRET_CIPHERTEXT_TEXT_KEY = "ciphertextBase64"  # noqa: S105 - a data key name
+SECRET_PLAINTEXT_TEXT_KEY = "plaintextBase64"  # noqa: S105 - a data key name
 #: Encryption context entries the operator adds to every DataKey's ciphertext.
 NAMESPACE_CONTEXT = PREFIX + "namespace"
 DATAKEY_CONTEXT = PREFIX + "datakey"

@@ -203,7 +203,7 @@ def test_datakey_by_alias_without_plaintext(
     assert status["keyId"] == key_id and status["secretName"] == "payments-key"
     secret = dks.secret(namespace, "payments-key")
     assert secret is not None
-    assert set(secret["data"]) == {"ciphertext"}
+    assert set(secret["data"]) == {"ciphertext", "ciphertextBase64"}
     assert dks.secret(namespace, "payments-dek") is None
 
 
@@ -442,7 +442,7 @@ def test_unchanged_secret_is_not_rewritten_and_template_changes_apply(
         ),
         what="the template label on the Secret",
     )
-    assert set(changed["data"]) == {"ciphertext"}
+    assert set(changed["data"]) == {"ciphertext", "ciphertextBase64"}
     assert changed["data"]["ciphertext"] == first["data"]["ciphertext"]
 
 

@@ -140,6 +140,10 @@ def test_desired_secret_is_typed_owned_labelled_and_annotated() -> None:
     }
     assert base64.b64decode(secret["data"]["ciphertext"]) == BLOB
     assert base64.b64decode(secret["data"]["plaintext"]) == PLAINTEXT
+    # The text forms, for environment variables: base64 of the same bytes, ASCII only.
+    text = {k: base64.b64decode(v).decode("ascii") for k, v in secret["data"].items()}
+    assert base64.b64decode(text["ciphertextBase64"], validate=True) == BLOB
+    assert base64.b64decode(text["plaintextBase64"], validate=True) == PLAINTEXT
 
 
 def test_desired_secret_without_plaintext_and_with_its_own_name() -> None:
@@ -147,7 +151,7 @@ def test_desired_secret_without_plaintext_and_with_its_own_name() -> None:
     secret = desired_secret(
         view, ciphertext=BLOB, plaintext=PLAINTEXT, key_id=KEY_ID, key_version=1
     )
-    assert set(secret["data"]) == {"ciphertext"}
+    assert set(secret["data"]) == {"ciphertext", "ciphertextBase64"}
     assert secret["metadata"]["name"] == "elsewhere"
     assert secret["metadata"]["labels"]["kms.cmk.dev/datakey"] == "dek"
 

@@ -26,7 +26,9 @@ from kms_operator.contract import (
     MANAGED_BY,
     NAMESPACE_CONTEXT,
     SECRET_CIPHERTEXT_KEY,
+    SECRET_CIPHERTEXT_TEXT_KEY,
     SECRET_PLAINTEXT_KEY,
+    SECRET_PLAINTEXT_TEXT_KEY,
     SECRET_TYPE,
 )
 from kms_operator.crypto import blob as blobs
@@ -69,9 +71,14 @@ def desired_secret(
     """The Secret as it must be."""
     spec = view.spec
     context = encryption_context(view.namespace, view.name, spec.encryption_context)
-    data = {SECRET_CIPHERTEXT_KEY: _b64(ciphertext)}
+    # Each value twice: raw bytes for files, base64 text for environment variables.
+    data = {
+        SECRET_CIPHERTEXT_KEY: _b64(ciphertext),
+        SECRET_CIPHERTEXT_TEXT_KEY: _b64(_b64(ciphertext).encode("ascii")),
+    }
     if spec.include_plaintext and plaintext is not None:
         data[SECRET_PLAINTEXT_KEY] = _b64(plaintext)
+        data[SECRET_PLAINTEXT_TEXT_KEY] = _b64(_b64(plaintext).encode("ascii"))
     return {
         "apiVersion": "v1",
         "kind": "Secret",
