@@ -52,14 +52,16 @@ unit: $(STAMP)
 integration: $(STAMP)
 	export KUBEBUILDER_ASSETS="$$($(ENSURE_ASSETS) | tail -n 1)" && $(BIN)/pytest -m integration
 
-# The whole suite on a fresh machine: lint, types, layers, unit and integration tests.
+# The whole suite on a fresh machine: lint, types, layers, unit and integration tests, then the
+# e2e tier on a real node (root; `make unit`, `make integration`, `make e2e` run one tier).
 test: lint
 	export KUBEBUILDER_ASSETS="$$($(ENSURE_ASSETS) | tail -n 1)" && \
 	  $(BIN)/pytest -m "unit or integration"
+	$(MAKE) e2e
 
 # The e2e tier (tests/e2e): a dev cluster on this machine (root; control plane, node binaries
 # and image built first, cached), or with KMS_E2E_USE_KUBECONFIG=1 the cluster of KUBECONFIG
-# (kind or any, holding the image KMS_E2E_IMAGE). Not part of `make test` yet.
+# (kind or any, holding the image KMS_E2E_IMAGE).
 e2e: $(STAMP)
 	export KUBEBUILDER_ASSETS="$$($(ENSURE_ASSETS) | tail -n 1)" && \
 	if [ "$${KMS_E2E_USE_KUBECONFIG:-}" != 1 ]; then \
