@@ -168,22 +168,50 @@ def team(
     as_user: Callable[[str], client.ApiClient],
 ) -> str:
     """A namespace where ``nobody`` may create DataKeys but holds no verb on any key; waits
-    until the API server enforces the policies (they load asynchronously)."""
+    until the API server enforces each of the three policies (each loads asynchronously, on
+    its own: one being enforced says nothing of the others), probing with dry-run requests."""
     _grant(kube_api, namespace, "nobody", [DATAKEY_WRITER], _user("nobody"))
-    nobody = as_user("nobody")
-    wait_for(
-        lambda: _refused_by_policy(nobody, namespace),
-        timeout=30,
-        what="the DataKey admission policy to be enforced",
-    )
+    _grant(
+        kube_api, namespace, "probe-operator-secrets",
+        [client.V1PolicyRule(api_groups=[""], resources=["secrets"], verbs=["create"])],
+        client.RbacV1Subject(kind="ServiceAccount", name=RELEASE, namespace=RELEASE_NAMESPACE),
+    )  # fmt: skip
+    nobody, operator = as_user("nobody"), as_user(OPERATOR_USER)
+    probes = {
+        "generatedatakey": lambda: _create(
+            nobody, namespace, {"keyRef": {"name": "payments"}}, dry_run=True
+        ),
+        "only Secrets of type": lambda: client.CoreV1Api(operator).create_namespaced_secret(
+            namespace,
+            client.V1Secret(metadata=client.V1ObjectMeta(name="probe"), type="Opaque"),
+            dry_run="All",
+        ),
+        "does not read Secrets for imports": lambda: client.CustomObjectsApi(
+            kube_api
+        ).create_namespaced_custom_object(
+            GROUP, VERSION, namespace, "keymaterialimports",
+            {"apiVersion": f"{GROUP}/{VERSION}", "kind": "KeyMaterialImport",
+             "metadata": {"name": "probe"},
+             "spec": {"keyRef": {"name": "byok"},
+                      "encryptedKeyMaterialSecretRef": {"name": "wrapped"}}},
+            dry_run="All",
+        ),
+    }  # fmt: skip
+    for refusal, probe in probes.items():
+        wait_for(
+            lambda probe=probe, refusal=refusal: _refused_by_policy(probe, refusal),
+            timeout=30,
+            what=f"the admission policy refusing with {refusal!r} to be enforced",
+        )
     return namespace
 
 
-def _refused_by_policy(api: client.ApiClient, namespace: str) -> bool:
+def _refused_by_policy(probe: Callable[[], Any], refusal: str) -> bool:
     try:
-        _create(api, namespace, {"keyRef": {"name": "payments"}}, dry_run=True)
+        probe()
     except ApiException as exc:
-        return exc.status == 403 and "generatedatakey" in exc.body
+        # 403 (reason Forbidden) or 422 (reason Invalid: the imports policy).
+        return exc.status in (403, 422) and refusal in exc.body
     return False
 
 
