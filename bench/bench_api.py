@@ -33,14 +33,15 @@ from pathlib import Path
 
 from aiohttp import web
 
-from kms_operator.api.app import create_app
-from kms_operator.api.auth import SubjectAccessReviewAuthorizer, TokenReviewAuthenticator
+from kms_operator import api as native_api
 from kms_operator.crypto import blob as blobs
 from kms_operator.crypto import primitives
 from kms_operator.keys.service import KeyService
 from kms_operator.kube.reviews import AccessDecision, UserInfo
 from kms_operator.serving import tls
+from kms_operator.serving.app import create_app
 from kms_operator.serving.audit import FileAuditSink
+from kms_operator.serving.auth import SubjectAccessReviewAuthorizer, TokenReviewAuthenticator
 from kms_operator.settings import Settings
 from kms_operator.store.rootkey import load_root_key_file
 from kms_operator.store.sqlite import SqliteKeyStore
@@ -209,7 +210,11 @@ async def main(args: argparse.Namespace) -> None:
         apps: dict[str, Callable[[], web.Application]] = {
             "bare aiohttp + AES-GCM": lambda: bare_app(aead, record.key_id),
             "kms API (auth cached, audit on)": lambda: create_app(
-                service, authenticator=authenticator, authorizer=authorizer, audit=audit
+                service,
+                front_ends=(native_api.add_routes,),
+                authenticator=authenticator,
+                authorizer=authorizer,
+                audit=audit,
             ),
         }
         use_wrk = shutil.which("wrk") is not None and not args.python_load

@@ -17,12 +17,13 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
 
-from kms_operator.api.app import create_app
-from kms_operator.api.auth import StaticTokens
+from kms_operator import api as native_api
 from kms_operator.errors import AccessDenied
 from kms_operator.keys.service import KeyService
 from kms_operator.kube.reviews import UserInfo
+from kms_operator.serving.app import create_app
 from kms_operator.serving.audit import AuditRecord
+from kms_operator.serving.auth import StaticTokens
 from kms_operator.store.records import KeyRecord
 
 NS, OTHER_NS = "team-a", "team-b"
@@ -123,6 +124,7 @@ async def serve(service: KeyService, tmp_path: Path) -> AsyncIterator[Api]:
     grants, sink = Grants(), MemorySink()
     app = create_app(
         service,
+        front_ends=(native_api.add_routes,),
         authenticator=StaticTokens.from_file(tokens),
         authorizer=grants,
         audit=sink,

@@ -16,7 +16,10 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from kms_operator.api.auth import (
+from kms_operator.errors import AccessDenied, Unauthenticated
+from kms_operator.kube import reviews
+from kms_operator.kube.reviews import AccessDecision, UserInfo
+from kms_operator.serving.auth import (
     MAX_TOKEN_CHARS,
     ReviewPool,
     ReviewsBusy,
@@ -27,10 +30,7 @@ from kms_operator.api.auth import (
     bearer_token,
     looks_like_service_account_token,
 )
-from kms_operator.api.caching import TtlCache
-from kms_operator.errors import AccessDenied, Unauthenticated
-from kms_operator.kube import reviews
-from kms_operator.kube.reviews import AccessDecision, UserInfo
+from kms_operator.serving.caching import TtlCache
 
 pytestmark = pytest.mark.unit
 

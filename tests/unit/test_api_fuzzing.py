@@ -25,12 +25,13 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from kms_operator import api as native_api
 from kms_operator.api import openapi
-from kms_operator.api.app import create_app
-from kms_operator.api.auth import StaticTokens
-from kms_operator.api.calls import STATE
 from kms_operator.keys.service import KeyService
 from kms_operator.kube.reviews import UserInfo
+from kms_operator.serving.app import create_app
+from kms_operator.serving.auth import StaticTokens
+from kms_operator.serving.calls import STATE
 from kms_operator.store.rootkey import load_root_key_file
 from kms_operator.store.sqlite import SqliteKeyStore
 
@@ -80,6 +81,7 @@ def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     tokens.write_text(f"{TOKEN},fuzzer\n")
     app = create_app(
         service,
+        front_ends=(native_api.add_routes,),
         authenticator=StaticTokens.from_file(tokens),
         authorizer=AllowAll(),
         audit=_NoAudit(),

@@ -15,11 +15,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from kms_operator.api.server import ApiServer, start_api_server
+from kms_operator import api as native_api
 from kms_operator.cli import connection
 from kms_operator.cli.kmsctl import main
 from kms_operator.errors import InvalidCiphertext
 from kms_operator.keys.service import KeyService
+from kms_operator.serving.server import ApiServer, start_api_server
 from kms_operator.settings import Settings
 
 pytestmark = pytest.mark.unit
@@ -59,7 +60,7 @@ async def cli(service: KeyService, tmp_path: Path) -> AsyncIterator[Cli]:
     )
     service.create_key("dev", "k1", aliases=("alias/app/db",))
     service.create_key("prod", "k2")
-    api = await start_api_server(service, settings, None)
+    api = await start_api_server(service, settings, None, front_ends=(native_api.add_routes,))
     ca_file = tmp_path / "ca.crt"
     ca_file.write_bytes(api.ca_pem)
     token_file = tmp_path / "token"

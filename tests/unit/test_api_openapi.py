@@ -24,12 +24,12 @@ from tests.support.api import ALICE, NS, OTHER_NS, Api, b64, error, serve
 from tests.support.changes import set_enabled
 
 from kms_operator.api import models, openapi
-from kms_operator.api.auth import ReviewsBusy
 from kms_operator.api.bodies import Request
-from kms_operator.api.calls import STATE
 from kms_operator.errors import InvalidRequest
 from kms_operator.keys.service import KeyService
 from kms_operator.kube.reviews import UserInfo
+from kms_operator.serving.auth import ReviewsBusy
+from kms_operator.serving.calls import STATE
 
 pytestmark = pytest.mark.unit
 

@@ -11,11 +11,12 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from tests.support.changes import set_aliases
 
-from kms_operator.api.app import create_app
-from kms_operator.api.auth import StaticTokens
+from kms_operator import api as native_api
 from kms_operator.keys.service import KeyService
 from kms_operator.kube.reviews import UserInfo
+from kms_operator.serving.app import create_app
 from kms_operator.serving.audit import AuditRecord
+from kms_operator.serving.auth import StaticTokens
 
 pytestmark = pytest.mark.unit
 
@@ -59,6 +60,7 @@ async def test_alias_moved_during_authorization(
     sink = Sink()
     app = create_app(
         service,
+        front_ends=(native_api.add_routes,),
         authenticator=StaticTokens.from_file(tokens),
         authorizer=AliasMovingAuthorizer(service),
         audit=sink,

@@ -18,12 +18,13 @@ from aiohttp.test_utils import TestClient, TestServer
 from tests.support.api import ALICE, BOB, NS, OTHER_NS, Api, MemorySink, b64, error, serve, unb64
 from tests.support.changes import rotate, set_enabled
 
-from kms_operator.api.app import create_app
-from kms_operator.api.auth import ReviewsBusy, StaticTokens
-from kms_operator.api.calls import STATE
+from kms_operator import api as native_api
 from kms_operator.errors import InvalidCiphertext
 from kms_operator.keys.service import KeyService
 from kms_operator.kube.reviews import UserInfo
+from kms_operator.serving.app import create_app
+from kms_operator.serving.auth import ReviewsBusy, StaticTokens
+from kms_operator.serving.calls import STATE
 from kms_operator.store.records import Origin
 
 pytestmark = pytest.mark.unit
@@ -704,6 +705,7 @@ async def test_readyz_lists_the_problems_of_readiness_checks(service: KeyService
 
     app = create_app(
         service,
+        front_ends=(native_api.add_routes,),
         authenticator=StaticTokens({}),
         authorizer=StaticTokens({}),
         audit=MemorySink(),
@@ -722,6 +724,7 @@ async def test_readyz_lists_the_problems_of_readiness_checks(service: KeyService
             }
     app2 = create_app(
         service,
+        front_ends=(native_api.add_routes,),
         authenticator=StaticTokens({}),
         authorizer=StaticTokens({}),
         audit=MemorySink(),

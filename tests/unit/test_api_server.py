@@ -15,8 +15,9 @@ import aiohttp
 import pytest
 from cryptography import x509
 
-from kms_operator.api import server as server_module
+from kms_operator import api as native_api
 from kms_operator.keys.service import KeyService
+from kms_operator.serving import server as server_module
 from kms_operator.serving import tls
 from kms_operator.serving.audit import AuditRecord, FileAuditSink
 from kms_operator.settings import Settings
@@ -47,7 +48,9 @@ async def test_serves_over_tls_with_static_tokens_and_audits_to_a_file(
 ) -> None:
     service.create_key("dev", "k1")
     settings = _settings(tmp_path)
-    api = await server_module.start_api_server(service, settings, None)
+    api = await server_module.start_api_server(
+        service, settings, None, front_ends=(native_api.add_routes,)
+    )
     try:
         assert api.url.startswith("https://127.0.0.1:") and not api.url.endswith(":0")
         context = ssl.create_default_context(cadata=api.ca_pem.decode())
@@ -100,6 +103,7 @@ async def test_generated_ca_is_published_when_a_client_is_given(
         service,
         _settings(tmp_path, ca_configmap="the-ca"),
         fake_client,  # type: ignore[arg-type]
+        front_ends=(native_api.add_routes,),
     )
     await api.stop()
     assert published == [(fake_client, "kms-test", "the-ca", api.ca_pem)]
@@ -206,7 +210,10 @@ async def test_half_sent_requests_are_all_closed_by_the_server(
     service: KeyService, tmp_path: Path
 ) -> None:
     api = await server_module.start_api_server(
-        service, _settings(tmp_path, request_timeout_seconds=2.0), None
+        service,
+        _settings(tmp_path, request_timeout_seconds=2.0),
+        None,
+        front_ends=(native_api.add_routes,),
     )
     writers: list[asyncio.StreamWriter] = []
     try:
@@ -243,7 +250,10 @@ async def test_a_stalled_handshake_a_slow_body_and_an_idle_connection_are_closed
     service: KeyService, tmp_path: Path
 ) -> None:
     api = await server_module.start_api_server(
-        service, _settings(tmp_path, request_timeout_seconds=2.0), None
+        service,
+        _settings(tmp_path, request_timeout_seconds=2.0),
+        None,
+        front_ends=(native_api.add_routes,),
     )
     writers: list[asyncio.StreamWriter] = []
     try:
@@ -288,6 +298,7 @@ async def test_readiness_checks_of_other_components_show_in_readyz(
         service,
         _settings(tmp_path),
         None,
+        front_ends=(native_api.add_routes,),
         readiness_checks=[lambda: health["scheduler"], lambda: health["other"]],
     )
     try:

@@ -13,11 +13,11 @@ import uuid
 
 import pytest
 
-from kms_operator.api import calls
 from kms_operator.crypto import blob as blobs
 from kms_operator.errors import InvalidCiphertext, KmsError, NotFound
 from kms_operator.keys import index
 from kms_operator.keys.service import KeyService
+from kms_operator.serving import calls
 
 pytestmark = pytest.mark.unit
 

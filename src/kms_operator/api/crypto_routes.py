@@ -11,9 +11,9 @@ from __future__ import annotations
 from aiohttp import web
 
 from kms_operator.crypto import blob as blobs
+from kms_operator.serving.calls import Call, uuid_text
 
-from . import calls
-from .calls import Call
+from .calls import key_reference, run
 from .models import (
     DecryptRequest,
     DecryptResponse,
@@ -40,20 +40,18 @@ ALIAS_PREFIX = f"/v1/namespaces/{{ns}}/aliases/{{alias:{ALIAS_PATTERN}}}"
 async def _encrypt(call: Call) -> EncryptResponse:
     await call.authenticate()
     body = EncryptRequest.parse(await call.body())
-    namespace, reference = call.request.match_info["ns"], calls.key_reference(call.request)
+    namespace, reference = call.request.match_info["ns"], key_reference(call.request)
     record = await call.resolve(VERB_ENCRYPT, namespace, reference)
     # The key authorized is the key used: pass its id, never the reference again.
     result = call.service.encrypt(namespace, record.key_id, body.plaintext, body.encryption_context)
     call.audit.key_version = result.key_version
-    return EncryptResponse(
-        result.ciphertext_blob, calls.uuid_text(result.key_id), result.key_version
-    )
+    return EncryptResponse(result.ciphertext_blob, uuid_text(result.key_id), result.key_version)
 
 
 async def _generate_data_key(call: Call) -> GenerateDataKeyResponse:
     await call.authenticate()
     body = GenerateDataKeyRequest.parse(await call.body())
-    namespace, reference = call.request.match_info["ns"], calls.key_reference(call.request)
+    namespace, reference = call.request.match_info["ns"], key_reference(call.request)
     record = await call.resolve(VERB_GENERATE_DATA_KEY, namespace, reference)
     result = call.service.generate_data_key(
         namespace,
@@ -66,7 +64,7 @@ async def _generate_data_key(call: Call) -> GenerateDataKeyResponse:
     call.audit.key_version = result.key_version
     return GenerateDataKeyResponse(
         result.ciphertext_blob,
-        calls.uuid_text(result.key_id),
+        uuid_text(result.key_id),
         result.key_version,
         result.plaintext,
     )
@@ -79,7 +77,7 @@ async def _decrypt(call: Call) -> DecryptResponse:
     call.note_key(record, blobs.parse_header(body.ciphertext_blob).version)
     await call.authorize(VERB_DECRYPT, record)
     result = call.service.decrypt(body.ciphertext_blob, body.encryption_context)
-    return DecryptResponse(result.plaintext, calls.uuid_text(result.key_id), result.key_version)
+    return DecryptResponse(result.plaintext, uuid_text(result.key_id), result.key_version)
 
 
 async def _re_encrypt(call: Call) -> ReEncryptResponse:
@@ -100,9 +98,9 @@ async def _re_encrypt(call: Call) -> ReEncryptResponse:
     call.audit.key_version = result.key_version
     return ReEncryptResponse(
         result.ciphertext_blob,
-        calls.uuid_text(result.key_id),
+        uuid_text(result.key_id),
         result.key_version,
-        calls.uuid_text(result.source_key_id),
+        uuid_text(result.source_key_id),
         result.source_key_version,
     )
 
@@ -114,23 +112,23 @@ async def _random(call: Call) -> RandomResponse:
 
 
 async def encrypt(request: web.Request) -> web.Response:
-    return await calls.run(request, "encrypt", _encrypt)
+    return await run(request, "encrypt", _encrypt)
 
 
 async def generate_data_key(request: web.Request) -> web.Response:
-    return await calls.run(request, "generate-data-key", _generate_data_key)
+    return await run(request, "generate-data-key", _generate_data_key)
 
 
 async def decrypt(request: web.Request) -> web.Response:
-    return await calls.run(request, "decrypt", _decrypt)
+    return await run(request, "decrypt", _decrypt)
 
 
 async def re_encrypt(request: web.Request) -> web.Response:
-    return await calls.run(request, "re-encrypt", _re_encrypt)
+    return await run(request, "re-encrypt", _re_encrypt)
 
 
 async def random(request: web.Request) -> web.Response:
-    return await calls.run(request, "random", _random)
+    return await run(request, "random", _random)
 
 
 def add_routes(app: web.Application) -> None:

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from kms_operator.serving.calls import Call
 from kms_operator.store.records import KeyRecord
 from kms_operator.timestamps import rfc3339_or_none
 
-from . import calls
-from .calls import Call
+from .calls import key_reference, run
 from .crypto_routes import ALIAS_PREFIX, KEY_PREFIX
 from .models import KeyMetadata, KeyVersionMetadata, Rotation
 
@@ -56,14 +56,14 @@ def describe(record: KeyRecord) -> KeyMetadata:
 
 async def _describe_key(call: Call) -> KeyMetadata:
     await call.authenticate()
-    namespace, reference = call.request.match_info["ns"], calls.key_reference(call.request)
+    namespace, reference = call.request.match_info["ns"], key_reference(call.request)
     record = await call.resolve(VERB_GET, namespace, reference)
     call.audit.key_version = record.current_version
     return describe(record)
 
 
 async def describe_key(request: web.Request) -> web.Response:
-    return await calls.run(request, "describe-key", _describe_key)
+    return await run(request, "describe-key", _describe_key)
 
 
 def add_routes(app: web.Application) -> None:

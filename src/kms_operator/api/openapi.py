@@ -33,11 +33,11 @@ from kms_operator.errors import (
 )
 from kms_operator.keys.service import ALIAS_PREFIX as ALIAS_REFERENCE_PREFIX
 from kms_operator.keys.service import MAX_PLAINTEXT
+from kms_operator.serving.auth import ReviewsBusy
+from kms_operator.serving.calls import MAX_NAMESPACE_CHARS, MAX_REFERENCE_CHARS, RequestTimedOut
 
 from . import bodies, crypto_routes, models
-from .auth import ReviewsBusy
 from .bodies import SCHEMA_REF
-from .calls import MAX_NAMESPACE_CHARS, MAX_REFERENCE_CHARS, RequestTimedOut
 from .kinds import Schema
 
 #: The resource whose RBAC verbs the API checks.

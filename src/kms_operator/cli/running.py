@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from kms_operator.api.server import start_api_server
+from kms_operator import api as native_api
 from kms_operator.keys.clock import Timescale
 from kms_operator.keys.service import KeyService
 from kms_operator.kube.client import load_api_client
 from kms_operator.operator import runner
 from kms_operator.serving import audit, tls
+from kms_operator.serving.server import start_api_server
 from kms_operator.settings import Settings
 from kms_operator.store.rootkey import load_root_key_file
 from kms_operator.store.sqlite import SqliteKeyStore
@@ -56,6 +57,7 @@ async def _serve(settings: Settings, service: KeyService) -> None:
                 service,
                 settings,
                 api_client,
+                front_ends=(native_api.add_routes,),
                 readiness_checks=(runtime.scheduler.problem,),
                 serving=identity,
             )

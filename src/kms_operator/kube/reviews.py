@@ -2,7 +2,7 @@
 kmsctl) ask of Kubernetes.
 
 Synchronous ``kubernetes`` client calls, each with a request timeout; the API runs them on its
-review threads (:class:`kms_operator.api.auth.ReviewPool`). Results are plain dataclasses so
+review threads (:class:`kms_operator.serving.auth.ReviewPool`). Results are plain dataclasses so
 that nothing above this module sees a client model. Tokens are passed through, never logged.
 
 A token is accepted only for an audience the KMS asked for: TokenReview is sent with the

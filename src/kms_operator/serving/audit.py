@@ -9,7 +9,7 @@ Every text field is bounded (:func:`bounded`: at most :data:`MAX_FIELD_CHARS` ch
 a marker), so a caller cannot make a line long, with or without a token.
 
 If a line cannot be written the result is not used (the API answers 500 instead, in
-:mod:`kms_operator.api.calls`); the sinks therefore raise instead of swallowing errors.
+:mod:`kms_operator.serving.calls`); the sinks therefore raise instead of swallowing errors.
 """
 
 from __future__ import annotations

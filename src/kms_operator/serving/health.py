@@ -1,7 +1,7 @@
 """``/healthz``, ``/readyz`` and ``/metrics``: unauthenticated, not audited, no key data.
 
 ``/healthz`` answers 200 whenever the server serves; ``/readyz`` only after
-:meth:`~kms_operator.api.server.ApiServer.mark_ready` (store open, cache warm) and while every
+:meth:`~kms_operator.serving.server.ApiServer.mark_ready` (store open, cache warm) and while every
 readiness check of the other components (for example the deadline scheduler) reports no
 problem, so a Service sends no traffic to a replica that would answer slowly or not at all.
 A check returns None when healthy, else a short text; ``/readyz`` then answers 503 with the

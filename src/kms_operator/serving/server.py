@@ -1,4 +1,5 @@
-"""Starting and stopping the API inside the asyncio loop of ``kms-operator run``.
+"""Starting and stopping the listener of the front ends (the native API, the AWS protocol)
+inside the asyncio loop of ``kms-operator run``.
 
 The composition root (:mod:`kms_operator.cli.running`) calls :func:`start_api_server` once the
 store is open, then :meth:`ApiServer.mark_ready` once the cache is warm, and
@@ -12,7 +13,7 @@ connection costs the server a bounded time whatever the client does:
   and an idle keep-alive connection is closed after T: aiohttp arms its keep-alive timer when
   a connection opens and after each answer, and closes the connection when it fires while no
   complete request head has arrived (``keepalive_timeout=T``);
-* the body must arrive within T of the head (:meth:`kms_operator.api.calls.Call.body`:
+* the body must arrive within T of the head (:meth:`kms_operator.serving.calls.Call.body`:
   408 and the connection closed);
 * an unread rest of a body is drained for at most :data:`LINGERING_SECONDS` after the answer.
 """
@@ -36,7 +37,7 @@ from kms_operator.kube.reviews import ApiClient
 from kms_operator.serving import audit, tls
 from kms_operator.settings import Settings
 
-from .app import create_app
+from .app import FrontEnd, create_app
 from .auth import (
     Authenticator,
     Authorizer,
@@ -227,10 +228,11 @@ async def start_api_server(
     settings: Settings,
     api_client: ApiClient | None,
     *,
+    front_ends: Sequence[FrontEnd],
     readiness_checks: Sequence[ReadinessCheck] = (),
     serving: tls.ServingTls | None = None,
 ) -> ApiServer:
-    """Serve the API over TLS on ``settings.api_host:api_port`` (port 0: any free port).
+    """Serve the front ends over TLS on ``settings.api_host:api_port`` (port 0: any free port).
 
     ``readiness_checks``: callables of other components, each returning None when healthy or
     a short problem text; ``/readyz`` answers 503 with the problems while any reports one.
@@ -257,6 +259,7 @@ async def start_api_server(
     timeout = settings.request_timeout_seconds
     app = create_app(
         service,
+        front_ends=front_ends,
         authenticator=auth.authenticator,
         authorizer=auth.authorizer,
         audit=sink,
