@@ -55,6 +55,8 @@ class Settings:
     #: A request (TLS handshake, head, then body) must arrive whole within this many seconds,
     #: and a connection idle for as long is closed.
     request_timeout_seconds: float = 10.0
+    #: The account of the ARNs of the AWS protocol (DESIGN.md 6a): twelve digits.
+    aws_account_id: str = "000000000000"
 
     # Admission webhook (Kopf's), optional.
     webhook_enabled: bool = False
@@ -81,6 +83,12 @@ class Settings:
                 "token_audiences must name at least one non-empty audience "
                 f"(default {DEFAULT_TOKEN_AUDIENCE!r})"
             )
+        if not (
+            len(self.aws_account_id) == 12
+            and self.aws_account_id.isascii()
+            and self.aws_account_id.isdigit()
+        ):
+            raise ValueError(f"aws_account_id must be twelve digits, got {self.aws_account_id!r}")
 
 
 def _positive(name: str, value: float) -> None:

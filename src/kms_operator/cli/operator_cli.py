@@ -135,6 +135,11 @@ def main() -> None:
     help="Audience a caller's token must carry (repeatable; any one of them suffices).",
 )
 @click.option(
+    "--aws-account-id",
+    default=Settings.aws_account_id,
+    help="The twelve-digit account of the AWS protocol's key ARNs.",
+)
+@click.option(
     "--static-token-file",
     type=click.Path(path_type=Path),
     default=None,

@@ -11,6 +11,8 @@ import asyncio
 import logging
 
 from kms_operator import api as native_api
+from kms_operator.awskms import routes as awskms
+from kms_operator.awskms.identifiers import Arns
 from kms_operator.keys.clock import Timescale
 from kms_operator.keys.service import KeyService
 from kms_operator.kube.client import load_api_client
@@ -57,7 +59,7 @@ async def _serve(settings: Settings, service: KeyService) -> None:
                 service,
                 settings,
                 api_client,
-                front_ends=(native_api.add_routes,),
+                front_ends=(awskms.front_end(Arns(settings.aws_account_id)), native_api.add_routes),
                 readiness_checks=(runtime.scheduler.problem,),
                 serving=identity,
             )
