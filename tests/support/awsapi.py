@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import boto3
 from aiohttp.test_utils import TestServer
 from botocore.config import Config
+from tests.support.api import Grants, MemorySink
 
 from kms_operator import api as native_api
 from kms_operator.awskms import routes as awskms
@@ -27,7 +28,6 @@ from kms_operator.keys.service import KeyService
 from kms_operator.serving.app import create_app
 from kms_operator.serving.auth import StaticTokens
 from kms_operator.store.records import KeyRecord
-from tests.support.api import Grants, MemorySink
 
 NS, OTHER_NS = "team-a", "team-b"
 ALICE_TOKEN, BOB_TOKEN = "alice-token-0123456789", "bob-token-9876543210"
@@ -53,7 +53,7 @@ class AwsApi:
             endpoint_url=self.url,
             region_name=region,
             aws_access_key_id="not-a-credential",
-            aws_secret_access_key="not-a-credential",  # noqa: S106 - ignored by the server
+            aws_secret_access_key="not-a-credential",
             aws_session_token=token,
             config=Config(retries={"max_attempts": 1}),
         )
