@@ -200,7 +200,7 @@ async def main(args: argparse.Namespace) -> None:
             return user if token == TOKEN else None
 
         def review_access(
-            who: UserInfo, verb: str, namespace: str, name: str | None
+            who: UserInfo, verb: str, namespace: str, name: str | None, resource: str
         ) -> AccessDecision:
             return AccessDecision(True, "bench")
 

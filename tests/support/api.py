@@ -18,6 +18,7 @@ from typing import Any
 from aiohttp.test_utils import TestClient, TestServer
 
 from kms_operator import api as native_api
+from kms_operator.contract import CMK_PLURAL
 from kms_operator.errors import AccessDenied
 from kms_operator.keys.service import KeyService
 from kms_operator.kube.reviews import UserInfo
@@ -40,7 +41,8 @@ def unb64(text: str) -> bytes:
 
 @dataclass
 class Grants:
-    """Authorizer double: ``(user, verb, namespace, name)`` tuples; name ``*`` means any."""
+    """Authorizer double: ``(user, verb, namespace, name)`` tuples of CMK verbs (``verb`` is
+    ``resource:verb`` for other resources); name ``*`` means any."""
 
     allowed: set[tuple[str, str, str, str]] = field(default_factory=set)
     asked: list[tuple[str, str, str, str | None]] = field(default_factory=list)
@@ -49,7 +51,16 @@ class Grants:
         for verb in verbs.split(","):
             self.allowed.add((user, verb, namespace, name))
 
-    async def authorize(self, user: UserInfo, verb: str, namespace: str, name: str | None) -> None:
+    async def authorize(
+        self,
+        user: UserInfo,
+        verb: str,
+        namespace: str,
+        name: str | None,
+        resource: str = CMK_PLURAL,
+    ) -> None:
+        if resource != CMK_PLURAL:
+            verb = f"{resource}:{verb}"
         self.asked.append((user.username, verb, namespace, name))
         if (user.username, verb, namespace, "*") in self.allowed:
             return

@@ -148,7 +148,9 @@ async def test_access_review_authorizer_caches_for_the_ttl() -> None:
     answers = {("encrypt", "a", "k1"): True}
     asked: list[tuple[str, str, str | None]] = []
 
-    def review(user: UserInfo, verb: str, namespace: str, name: str | None) -> AccessDecision:
+    def review(
+        user: UserInfo, verb: str, namespace: str, name: str | None, resource: str
+    ) -> AccessDecision:
         asked.append((verb, namespace, name))
         return AccessDecision(answers.get((verb, namespace, name or ""), False), "rbac")
 
@@ -330,7 +332,9 @@ async def test_reviews_run_on_their_own_threads_not_the_default_executor() -> No
         threads.append(threading.current_thread().name)
         return ALICE
 
-    def review_access(user: UserInfo, verb: str, ns: str, name: str | None) -> AccessDecision:
+    def review_access(
+        user: UserInfo, verb: str, ns: str, name: str | None, resource: str
+    ) -> AccessDecision:
         threads.append(threading.current_thread().name)
         return AccessDecision(True)
 
@@ -367,7 +371,9 @@ async def test_ten_thousand_bad_tokens_do_not_evict_a_good_answer() -> None:
 async def test_denied_answers_do_not_evict_allowed_ones() -> None:
     asked: list[str | None] = []
 
-    def review(user: UserInfo, verb: str, ns: str, name: str | None) -> AccessDecision:
+    def review(
+        user: UserInfo, verb: str, ns: str, name: str | None, resource: str
+    ) -> AccessDecision:
         asked.append(name)
         return AccessDecision(name == "mine")
 

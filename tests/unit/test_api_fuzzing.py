@@ -59,7 +59,9 @@ CHECKS = [
 class AllowAll:
     """Every caller may do everything: the calls get past authorization to the service."""
 
-    async def authorize(self, user: UserInfo, verb: str, namespace: str, name: str | None) -> None:
+    async def authorize(
+        self, user: UserInfo, verb: str, namespace: str, name: str | None, resource: str = ""
+    ) -> None:
         return None
 
 

@@ -41,7 +41,9 @@ class AliasMovingAuthorizer:
     def __init__(self, service: KeyService) -> None:
         self.service = service
 
-    async def authorize(self, user: UserInfo, verb: str, namespace: str, name: str | None) -> None:
+    async def authorize(
+        self, user: UserInfo, verb: str, namespace: str, name: str | None, resource: str = ""
+    ) -> None:
         first = self.service.resolve(NS, "first")
         if first.aliases:
             set_aliases(self.service, first.key_id, ())

@@ -63,9 +63,9 @@ _JWT_SHAPE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 
 T = TypeVar("T")
 TokenReviewFn = Callable[[str], UserInfo | None]
-AccessReviewFn = Callable[[UserInfo, str, str, str | None], AccessDecision]
-#: What an access answer is cached under: user, verb, namespace, CMK name.
-AccessKey = tuple[UserInfo, str, str, str | None]
+AccessReviewFn = Callable[[UserInfo, str, str, str | None, str], AccessDecision]
+#: What an access answer is cached under: user, verb, namespace, object name, resource.
+AccessKey = tuple[UserInfo, str, str, str | None, str]
 
 
 class ReviewUnavailable(KmsError):
@@ -90,8 +90,16 @@ class Authenticator(Protocol):
 
 
 class Authorizer(Protocol):
-    async def authorize(self, user: UserInfo, verb: str, namespace: str, name: str | None) -> None:
-        """Returns when allowed; raises :class:`AccessDenied` otherwise."""
+    async def authorize(
+        self,
+        user: UserInfo,
+        verb: str,
+        namespace: str,
+        name: str | None,
+        resource: str = RESOURCE,
+    ) -> None:
+        """Returns when ``user`` may ``verb`` the ``resource`` (of group ``kms.cmk.dev``)
+        named ``name`` (None: any) in ``namespace``; raises :class:`AccessDenied` otherwise."""
 
 
 def bearer_token(header: str | None) -> str:
@@ -113,8 +121,10 @@ def _digest(token: str) -> bytes:
     return hashlib.sha256(token.encode("utf-8")).digest()
 
 
-def _denied(user: UserInfo, verb: str, namespace: str, name: str | None) -> AccessDenied:
-    target = f"{RESOURCE}.{API_GROUP}"
+def _denied(
+    user: UserInfo, verb: str, namespace: str, name: str | None, resource: str
+) -> AccessDenied:
+    target = f"{resource}.{API_GROUP}"
     if name is not None:
         target += f" {name!r}"
     return AccessDenied(
@@ -294,14 +304,21 @@ class SubjectAccessReviewAuthorizer:
         #: SubjectAccessReviews sent, for tests and the benchmark.
         self.reviews = 0
 
-    async def authorize(self, user: UserInfo, verb: str, namespace: str, name: str | None) -> None:
-        key = (user, verb, namespace, name)
+    async def authorize(
+        self,
+        user: UserInfo,
+        verb: str,
+        namespace: str,
+        name: str | None,
+        resource: str = RESOURCE,
+    ) -> None:
+        key = (user, verb, namespace, name, resource)
         if self.cache.peek(key, _MISS) is not _MISS:
             return
         if self.denied.peek(key, _MISS) is not _MISS:
-            raise _denied(user, verb, namespace, name)
+            raise _denied(user, verb, namespace, name, resource)
         if not await self._flights.run(key, lambda: self._load(key)):
-            raise _denied(user, verb, namespace, name)
+            raise _denied(user, verb, namespace, name, resource)
 
     async def _load(self, key: AccessKey) -> bool:
         self.reviews += 1
@@ -350,5 +367,12 @@ class StaticTokens:
             raise Unauthenticated("the bearer token is not valid")
         return user
 
-    async def authorize(self, user: UserInfo, verb: str, namespace: str, name: str | None) -> None:
+    async def authorize(
+        self,
+        user: UserInfo,
+        verb: str,
+        namespace: str,
+        name: str | None,
+        resource: str = RESOURCE,
+    ) -> None:
         return None

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from kms_operator.contract import CMK_PLURAL, GROUP
+from kms_operator.contract import GROUP
 from kms_operator.keys.service import KeyService
 from kms_operator.kube import reviews
 from kms_operator.kube.reviews import ApiClient
@@ -172,14 +172,14 @@ def build_auth(settings: Settings, api_client: ApiClient | None) -> Auth:
     )
 
     def review_access(
-        user: reviews.UserInfo, verb: str, namespace: str, name: str | None
+        user: reviews.UserInfo, verb: str, namespace: str, name: str | None, resource: str
     ) -> reviews.AccessDecision:
         return reviews.review_access(
             api_client,
             user,
             verb=verb,
             group=GROUP,
-            resource=CMK_PLURAL,
+            resource=resource,
             namespace=namespace,
             name=name,
         )
