@@ -31,6 +31,8 @@ from kms_operator.store.records import KeyRecord
 
 NS, OTHER_NS = "team-a", "team-b"
 ALICE_TOKEN, BOB_TOKEN = "alice-token-0123456789", "bob-token-9876543210"
+#: A user who is not a ServiceAccount (a person, or the static users of local development).
+DEV_TOKEN, DEV = "dev-token-5555555555", "dev"
 ALICE, BOB = "system:serviceaccount:team-a:alice", "system:serviceaccount:team-b:bob"
 ACCOUNT = "123456789012"
 T = TypeVar("T")
@@ -65,7 +67,7 @@ class AwsApi:
 @asynccontextmanager
 async def serve(service: KeyService, tmp_path: Path) -> AsyncIterator[AwsApi]:
     tokens = tmp_path / "tokens.csv"
-    tokens.write_text(f"{ALICE_TOKEN},{ALICE},devs\n{BOB_TOKEN},{BOB}\n")
+    tokens.write_text(f"{ALICE_TOKEN},{ALICE},devs\n{BOB_TOKEN},{BOB}\n{DEV_TOKEN},{DEV}\n")
     grants, sink = Grants(), MemorySink()
     arns = Arns(ACCOUNT)
     app = create_app(
