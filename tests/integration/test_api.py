@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 from kubernetes import client
+from tests.integration.accounts import KMS_AUDIENCE, service_account, service_account_token
 from tests.integration.operator_fixtures import Cmks, OperatorProcess
 
 from kms_operator.errors import InvalidCiphertext
@@ -29,62 +30,9 @@ from kms_operator.errors import InvalidCiphertext
 pytestmark = pytest.mark.integration
 
 GROUP = "kms.cmk.dev"
-#: The audience the operator's API expects by default.
-KMS_AUDIENCE = "kms.cmk.dev"
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-def _service_account(
-    kube_api: client.ApiClient,
-    namespace: str,
-    name: str,
-    verbs: list[str],
-    audiences: list[str] | None = None,
-) -> str:
-    """A ServiceAccount bound to a Role with ``verbs`` on customermasterkeys; its token for
-    ``audiences`` (default: the KMS's; ``[]``: the API server's own default audience)."""
-    core, rbac = client.CoreV1Api(kube_api), client.RbacAuthorizationV1Api(kube_api)
-    core.create_namespaced_service_account(
-        namespace, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name=name))
-    )
-    if verbs:
-        rbac.create_namespaced_role(
-            namespace,
-            client.V1Role(
-                metadata=client.V1ObjectMeta(name=name),
-                rules=[
-                    client.V1PolicyRule(
-                        api_groups=[GROUP], resources=["customermasterkeys"], verbs=verbs
-                    )
-                ],
-            ),
-        )
-        rbac.create_namespaced_role_binding(
-            namespace,
-            client.V1RoleBinding(
-                metadata=client.V1ObjectMeta(name=name),
-                role_ref=client.V1RoleRef(
-                    api_group="rbac.authorization.k8s.io", kind="Role", name=name
-                ),
-                subjects=[
-                    client.RbacV1Subject(kind="ServiceAccount", name=name, namespace=namespace)
-                ],
-            ),
-        )
-    return _token(kube_api, namespace, name, [KMS_AUDIENCE] if audiences is None else audiences)
-
-
-def _token(kube_api: client.ApiClient, namespace: str, name: str, audiences: list[str]) -> str:
-    answer = client.CoreV1Api(kube_api).create_namespaced_service_account_token(
-        name,
-        namespace,
-        client.AuthenticationV1TokenRequest(
-            spec=client.V1TokenRequestSpec(audiences=audiences or None, expiration_seconds=3600)
-        ),
-    )
-    return str(answer.status.token)
 
 
 class Api:
@@ -154,7 +102,7 @@ def key(operator_process: OperatorProcess, cmks: Cmks, namespace: str) -> str:
 def test_encrypt_allowed_decrypt_denied_by_rbac(
     api: Api, kube_api: client.ApiClient, namespace: str, key: str
 ) -> None:
-    token = _service_account(kube_api, namespace, "encrypt-only", ["encrypt"])
+    token = service_account(kube_api, namespace, "encrypt-only", ["encrypt"])
     status, sealed = api.encrypt(token, namespace, key, b"hello")
     assert status == 200, sealed
     status, answer = api.decrypt(token, sealed["ciphertextBlob"])
@@ -167,7 +115,7 @@ def test_encrypt_allowed_decrypt_denied_by_rbac(
         token,
     )
     assert status == 200, answer
-    both = _service_account(kube_api, namespace, "both", ["encrypt", "decrypt"])
+    both = service_account(kube_api, namespace, "both", ["encrypt", "decrypt"])
     status, opened = api.decrypt(both, sealed["ciphertextBlob"])
     assert status == 200 and base64.b64decode(opened["plaintext"]) == b"hello"
 
@@ -187,7 +135,7 @@ def test_a_token_for_the_api_servers_audience_is_refused(
     api: Api, kube_api: client.ApiClient, namespace: str, key: str
 ) -> None:
     """A token handed to the KMS must not be one that also works against the API server."""
-    for_api_server = _service_account(kube_api, namespace, "replayer", ["encrypt"], audiences=[])
+    for_api_server = service_account(kube_api, namespace, "replayer", ["encrypt"], audiences=[])
     # It is a valid token, for the Kubernetes API server...
     review = client.AuthenticationV1Api(kube_api).create_token_review(
         client.V1TokenReview(spec=client.V1TokenReviewSpec(token=for_api_server))
@@ -196,14 +144,14 @@ def test_a_token_for_the_api_servers_audience_is_refused(
     # ...so the KMS refuses it,
     status, answer = api.encrypt(for_api_server, namespace, key, b"x")
     assert status == 401 and _code(answer) == "Unauthenticated", answer
-    for_other = _token(kube_api, namespace, "replayer", ["vault"])
+    for_other = service_account_token(kube_api, namespace, "replayer", ["vault"])
     status, answer = api.encrypt(for_other, namespace, key, b"x")
     assert status == 401 and _code(answer) == "Unauthenticated", answer
     # ...and accepts the same ServiceAccount's token for its own audience.
-    for_kms = _token(kube_api, namespace, "replayer", [KMS_AUDIENCE])
+    for_kms = service_account_token(kube_api, namespace, "replayer", [KMS_AUDIENCE])
     status, answer = api.encrypt(for_kms, namespace, key, b"x")
     assert status == 200, answer
-    for_both = _token(kube_api, namespace, "replayer", ["vault", KMS_AUDIENCE])
+    for_both = service_account_token(kube_api, namespace, "replayer", ["vault", KMS_AUDIENCE])
     status, answer = api.encrypt(for_both, namespace, key, b"x")
     assert status == 200, answer
 
@@ -216,7 +164,7 @@ def test_token_of_another_namespace_is_403(
         client.V1Namespace(metadata=client.V1ObjectMeta(name=other))
     )
     # Full rights in its own namespace, none in ours.
-    token = _service_account(kube_api, other, "outsider", ["encrypt", "decrypt"])
+    token = service_account(kube_api, other, "outsider", ["encrypt", "decrypt"])
     status, answer = api.encrypt(token, namespace, key, b"x")
     assert status == 403 and _code(answer) == "AccessDenied"
 
@@ -224,7 +172,7 @@ def test_token_of_another_namespace_is_403(
 def test_disabled_key_is_409(
     api: Api, kube_api: client.ApiClient, cmks: Cmks, namespace: str, key: str
 ) -> None:
-    token = _service_account(kube_api, namespace, "user", ["encrypt", "decrypt"])
+    token = service_account(kube_api, namespace, "user", ["encrypt", "decrypt"])
     cmks.patch(namespace, key, {"spec": {"enabled": False}})
     cmks.wait_state(namespace, key, "Disabled")
     status, answer = api.encrypt(token, namespace, key, b"x")
@@ -240,7 +188,7 @@ def test_pending_deletion_is_409_and_audited(
     key: str,
     operator_process: OperatorProcess,
 ) -> None:
-    token = _service_account(kube_api, namespace, "user", ["encrypt", "decrypt"])
+    token = service_account(kube_api, namespace, "user", ["encrypt", "decrypt"])
     status, sealed = api.encrypt(token, namespace, key, b"still needed")
     assert status == 200
     key_id = cmks.status(namespace, key)["keyId"]
@@ -266,7 +214,7 @@ def test_pending_deletion_is_409_and_audited(
 def test_tampered_blob_and_wrong_context_give_the_same_invalid_ciphertext(
     api: Api, kube_api: client.ApiClient, namespace: str, key: str
 ) -> None:
-    token = _service_account(kube_api, namespace, "user", ["encrypt", "decrypt"])
+    token = service_account(kube_api, namespace, "user", ["encrypt", "decrypt"])
     status, sealed = api.encrypt(token, namespace, key, b"x", encryptionContext={"a": "1"})
     assert status == 200
     blob = bytearray(base64.b64decode(sealed["ciphertextBlob"]))
@@ -289,7 +237,7 @@ def test_audit_lines_match_calls_one_to_one(
     key: str,
     operator_process: OperatorProcess,
 ) -> None:
-    token = _service_account(kube_api, namespace, "encrypt-only", ["encrypt"])
+    token = service_account(kube_api, namespace, "encrypt-only", ["encrypt"])
     before = len(_audit_lines(operator_process))
     secret = b"never in the audit log"
     expected: list[tuple[str, str, str | None]] = []
@@ -328,7 +276,7 @@ def test_kmsctl_blob_decrypts_after_rotation(
     tmp_path: Path,
 ) -> None:
     token_file = tmp_path / "token"
-    token_file.write_text(_service_account(kube_api, namespace, "cli", ["encrypt", "decrypt"]))
+    token_file.write_text(service_account(kube_api, namespace, "cli", ["encrypt", "decrypt"]))
     connection = [
         "--server", operator_process.api_url, "--ca-file", str(operator_process.ca_file),
         "--token-file", str(token_file),
@@ -364,7 +312,7 @@ def test_kmsctl_mints_a_token_for_a_service_account_from_a_kubeconfig(
     key: str,
     operator_process: OperatorProcess,
 ) -> None:
-    _service_account(kube_api, namespace, "person", ["encrypt", "decrypt"])
+    service_account(kube_api, namespace, "person", ["encrypt", "decrypt"])
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KMS_", "KUBECONFIG"))}
     connection = [
         "--server", operator_process.api_url, "--ca-file", str(operator_process.ca_file),

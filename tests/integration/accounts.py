@@ -1,0 +1,65 @@
+"""Real callers for the integration tests: ServiceAccounts, their Roles, and their tokens
+from the TokenRequest API."""
+
+from __future__ import annotations
+
+from kubernetes import client
+
+GROUP = "kms.cmk.dev"
+#: The audience the operator's API expects by default.
+KMS_AUDIENCE = "kms.cmk.dev"
+
+
+def service_account(
+    kube_api: client.ApiClient,
+    namespace: str,
+    name: str,
+    verbs: list[str],
+    audiences: list[str] | None = None,
+    *,
+    resources: tuple[str, ...] = ("customermasterkeys",),
+) -> str:
+    """A ServiceAccount bound to a Role with ``verbs`` on ``resources`` (of our group); its
+    token for ``audiences`` (default: the KMS's; ``[]``: the API server's own default)."""
+    core, rbac = client.CoreV1Api(kube_api), client.RbacAuthorizationV1Api(kube_api)
+    core.create_namespaced_service_account(
+        namespace, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name=name))
+    )
+    if verbs:
+        rbac.create_namespaced_role(
+            namespace,
+            client.V1Role(
+                metadata=client.V1ObjectMeta(name=name),
+                rules=[
+                    client.V1PolicyRule(api_groups=[GROUP], resources=list(resources), verbs=verbs)
+                ],
+            ),
+        )
+        rbac.create_namespaced_role_binding(
+            namespace,
+            client.V1RoleBinding(
+                metadata=client.V1ObjectMeta(name=name),
+                role_ref=client.V1RoleRef(
+                    api_group="rbac.authorization.k8s.io", kind="Role", name=name
+                ),
+                subjects=[
+                    client.RbacV1Subject(kind="ServiceAccount", name=name, namespace=namespace)
+                ],
+            ),
+        )
+    return service_account_token(
+        kube_api, namespace, name, [KMS_AUDIENCE] if audiences is None else audiences
+    )
+
+
+def service_account_token(
+    kube_api: client.ApiClient, namespace: str, name: str, audiences: list[str]
+) -> str:
+    answer = client.CoreV1Api(kube_api).create_namespaced_service_account_token(
+        name,
+        namespace,
+        client.AuthenticationV1TokenRequest(
+            spec=client.V1TokenRequestSpec(audiences=audiences or None, expiration_seconds=3600)
+        ),
+    )
+    return str(answer.status.token)
