@@ -135,6 +135,7 @@ def test_lint_strict(helm: Path, sets: tuple[str, ...]) -> None:
         "developmentOnly.daySeconds=0",
         "watchNamespaces={Not_A_Namespace}",
         "api.tokenAudience=",
+        "api.awsAccountId=12345",
     ],
 )
 def test_schema_refuses(helm: Path, bad: str) -> None:
@@ -248,6 +249,7 @@ def test_operator_arguments(pod: Obj) -> None:
     assert "--tls-dir=/var/lib/kms-operator/tls" in args  # on the volume: a stable CA
     # Tokens minted for the Kubernetes API server are refused by default (issue 8, item 6).
     assert [a for a in args if a.startswith("--token-audience")] == ["--token-audience=kms.cmk.dev"]
+    assert "--aws-account-id=000000000000" in args
     assert not [a for a in args if a.startswith(("--day-seconds", "--namespace", "--static"))]
 
 
