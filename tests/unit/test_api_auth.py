@@ -172,6 +172,25 @@ async def test_access_review_authorizer_caches_for_the_ttl() -> None:
     assert asked[-1] == ("encrypt", "a", "k1") and len(asked) == 3
 
 
+async def test_access_answers_are_kept_per_resource() -> None:
+    """A grant on customermasterkeys says nothing about keymaterialimports of the same name."""
+    asked: list[tuple[str, str]] = []
+
+    def review(
+        user: UserInfo, verb: str, namespace: str, name: str | None, resource: str
+    ) -> AccessDecision:
+        asked.append((verb, resource))
+        return AccessDecision(resource == "customermasterkeys", "rbac")
+
+    authz = SubjectAccessReviewAuthorizer(review, cache_seconds=10)
+    await authz.authorize(ALICE, "delete", "a", "k1")
+    with pytest.raises(AccessDenied) as denied:
+        await authz.authorize(ALICE, "delete", "a", "k1", "keymaterialimports")
+    assert "keymaterialimports.kms.cmk.dev 'k1'" in denied.value.message
+    await authz.authorize(ALICE, "delete", "a", "k1")  # cached, not asked again
+    assert asked == [("delete", "customermasterkeys"), ("delete", "keymaterialimports")]
+
+
 def test_static_tokens_file(tmp_path: Path) -> None:
     path = tmp_path / "tokens"
     path.write_text("# comment\n\nt1,alice,devs|ops\nt2,bob\n")
