@@ -8,9 +8,10 @@ STAMP := $(VENV)/.installed-stamp
 LOCAL := .local
 ENSURE_ASSETS := hack/controlplane/ensure.sh
 ENSURE_NODE := hack/node/ensure.sh
+ENSURE_KMS_TOOLS := hack/tools/ensure.sh
 IMAGE_ARCHIVE := .envtest/image/kms-operator.tar
 
-.PHONY: run test lint unit integration e2e controlplane image node cluster bench clean
+.PHONY: run test lint unit integration e2e controlplane tools image node cluster bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +22,11 @@ $(STAMP): pyproject.toml
 # Builds kube-apiserver, etcd, kubectl and helm once (skipped when KUBEBUILDER_ASSETS is set).
 controlplane:
 	$(ENSURE_ASSETS) >/dev/null
+
+# Builds the AWS client-side tools of the tests and the benchmark once (sops, local-kms) into
+# .envtest/tools/bin; boto3, the AWS CLI, the AWS Encryption SDK and moto come with .venv.
+tools:
+	$(ENSURE_KMS_TOOLS) >/dev/null
 
 # The container image (Dockerfile) as kms-operator:dev, also saved to .envtest/image/ for the
 # local node. Here: a Debian base made with debootstrap and wheels built on the host, no network
@@ -50,12 +56,14 @@ unit: $(STAMP)
 	$(BIN)/pytest -m unit
 
 integration: $(STAMP)
-	export KUBEBUILDER_ASSETS="$$($(ENSURE_ASSETS) | tail -n 1)" && $(BIN)/pytest -m integration
+	export KUBEBUILDER_ASSETS="$$($(ENSURE_ASSETS) | tail -n 1)" && \
+	  export KMS_TOOLS_BIN="$$($(ENSURE_KMS_TOOLS) | tail -n 1)" && $(BIN)/pytest -m integration
 
 # The whole suite on a fresh machine: lint, types, layers, unit and integration tests, then the
 # e2e tier on a real node (root; `make unit`, `make integration`, `make e2e` run one tier).
 test: lint
 	export KUBEBUILDER_ASSETS="$$($(ENSURE_ASSETS) | tail -n 1)" && \
+	  export KMS_TOOLS_BIN="$$($(ENSURE_KMS_TOOLS) | tail -n 1)" && \
 	  $(BIN)/pytest -m "unit or integration"
 	$(MAKE) e2e
 
@@ -84,8 +92,9 @@ cluster: $(STAMP)
 	exec $(BIN)/python -m kms_operator.devcluster --image $(IMAGE_ARCHIVE) $(ARGS)
 
 bench: $(STAMP)
-	$(BIN)/python bench/bench_service.py
-	$(BIN)/python bench/bench_api.py
+	export KMS_TOOLS_BIN="$$($(ENSURE_KMS_TOOLS) | tail -n 1)" && \
+	  $(BIN)/python bench/bench_service.py && \
+	  $(BIN)/python bench/bench_api.py
 
 clean:
 	rm -rf $(VENV) $(LOCAL) .mypy_cache .ruff_cache .pytest_cache

@@ -13,7 +13,8 @@
 #   gobuild_exit_if_fresh TOOLS SUMMARY  sets ${stale}; none: prints BIN_DIR and exits
 #   gobuild_build_stale                  builds and stamps each stale tool, prints BIN_DIR
 # so that the last line of stdout is always the bin directory. Progress goes to stderr.
-# KUBERNETES_VERSION must be set (both scripts source hack/controlplane/versions.env).
+# KUBERNETES_VERSION must be set to build from k8s.io/kubernetes (the control plane and node
+# scripts source hack/controlplane/versions.env); other modules build without it.
 # Knob: ENSURE_FORCE=1 rebuilds every tool.
 
 log() { printf '[%s] %s\n' "${gobuild_tag}" "$*" >&2; }
@@ -32,6 +33,7 @@ gobuild_init() {
   export GOFLAGS="-mod=mod -buildvcs=false"
   go_version="$(go env GOVERSION)"
   go_directive="$(sed -E 's/^go([0-9]+\.[0-9]+(\.[0-9]+)?).*/\1/' <<<"${go_version}")"
+  [[ -n "${KUBERNETES_VERSION:-}" ]] || return 0
   # k8s.io/kubernetes vMAJ.MIN.PATCH -> staging modules v0.MIN.PATCH
   local k8s_semver="${KUBERNETES_VERSION#v}"
   local k8s_rest="${k8s_semver#*.}"
@@ -85,6 +87,7 @@ kubernetes_go_mod() {
 
 write_k8s_module() {
   local dir="$1" name="$2" gomod staging m
+  [[ -n "${KUBERNETES_VERSION:-}" ]] || die "KUBERNETES_VERSION is not set (needed for k8s.io/kubernetes)"
   gomod="$(kubernetes_go_mod)"
   # Every k8s.io/* module that k8s.io/kubernetes requires at v0.0.0 is a staging
   # module (replaced by ./staging/... there); we replace it with its release.
