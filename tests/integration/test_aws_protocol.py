@@ -1,9 +1,10 @@
 """The AWS protocol of the real ``kms-operator run`` process, called by AWS's own clients.
 
-boto3, the AWS CLI and the AWS Encryption SDK run unchanged: the endpoint is the operator's
-API (``AWS_ENDPOINT_URL_KMS`` or ``endpoint_url``), its CA is trusted (``AWS_CA_BUNDLE``), the
-caller's ServiceAccount token for the KMS's audience is the AWS session token, and access key
-id and secret key are placeholders. RBAC is the real API server's (Roles on the CMKs).
+boto3, the AWS CLI, the AWS Encryption SDK and SOPS (built from its Go modules) run
+unchanged: the endpoint is the operator's API (``AWS_ENDPOINT_URL_KMS`` or ``endpoint_url``), its
+CA is trusted (``AWS_CA_BUNDLE``), the caller's ServiceAccount token for the KMS's audience is
+the AWS session token, and access key id and secret key are placeholders. RBAC is the real API
+server's (Roles on the CMKs).
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ from typing import Any
 
 import boto3
 import pytest
+import yaml
 from botocore.config import Config
 from botocore.exceptions import ClientError
 from kubernetes import client
 from tests.integration.accounts import service_account
 from tests.integration.operator_fixtures import Cmks, OperatorProcess
+from tests.support import awstools
 
 pytestmark = pytest.mark.integration
 
@@ -246,3 +249,41 @@ def test_the_aws_encryption_sdk_with_its_kms_master_key_provider(
     assert decrypted == message
     assert decrypt_header.encryption_context["purpose"] == "test"
     assert [k.key_provider.key_info.decode() for k in header.encrypted_data_keys] == [arn]
+
+
+def test_sops_encrypts_and_decrypts_a_yaml_file_with_a_key_arn(
+    operator_process: OperatorProcess,
+    kube_api: client.ApiClient,
+    namespace: str,
+    key: dict[str, Any],
+    tmp_path: Path,
+) -> None:
+    token = service_account(kube_api, namespace, "sops", ["encrypt", "decrypt"])
+    arn = f"arn:aws:kms:{namespace}:{ACCOUNT}:key/{key['keyId']}"
+    document = {"database": {"user": "app", "password": "sops-secret-value"}, "port": 5432}
+    plain = tmp_path / "app.yaml"
+    plain.write_text(yaml.safe_dump(document))
+    environment = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path),
+        "SOPS_DISABLE_VERSION_CHECK": "1",
+        **aws_environment(operator_process, token),
+    }
+
+    def sops(*arguments: str) -> str:
+        done = subprocess.run(
+            [str(awstools.sops_binary()), *arguments],
+            env=environment, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    encrypted = sops("--encrypt", "--kms", arn, str(plain))
+    assert "sops-secret-value" not in encrypted and "ENC[AES256_GCM," in encrypted
+    (recipient,) = yaml.safe_load(encrypted)["sops"]["kms"]
+    assert recipient["arn"] == arn
+    sealed = tmp_path / "app.enc.yaml"
+    sealed.write_text(encrypted)
+    assert yaml.safe_load(sops("--decrypt", str(sealed))) == document
+    operations = [line["operation"] for line in audit_lines(operator_process)]
+    assert "aws:Encrypt" in operations and "aws:Decrypt" in operations

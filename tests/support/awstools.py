@@ -120,8 +120,9 @@ def _serving(name: str, argv: list[str], port: int, log_dir: Path) -> Iterator[s
 
 
 @contextlib.contextmanager
-def local_kms_server(port: int) -> Iterator[str]:
-    """local-kms on ``port`` with a fresh data directory, for one ``with`` block.
+def local_kms_server(port: int, **environment: str) -> Iterator[str]:
+    """local-kms on ``port`` with a fresh data directory, for one ``with`` block;
+    ``environment``: more variables for it (the benchmark sets ``GOMAXPROCS``).
 
     local-kms reads its settings from the environment only (``PORT``, ``KMS_DATA_PATH`` for
     its LevelDB database, ``KMS_SEED_PATH``, ``KMS_REGION``, ``KMS_ACCOUNT_ID``), so it is
@@ -137,6 +138,7 @@ def local_kms_server(port: int) -> Iterator[str]:
             "KMS_SEED_PATH": str(root / "seed.yaml"),
             "KMS_REGION": REGION,
             "KMS_ACCOUNT_ID": LOCAL_KMS_ACCOUNT_ID,
+            **environment,
         }
         argv = ["env", *(f"{k}={v}" for k, v in settings.items()), str(local_kms_binary())]
         with _serving("local-kms", argv, port, root) as url:
