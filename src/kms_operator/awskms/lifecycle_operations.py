@@ -90,6 +90,10 @@ class InvalidTag(AwsError):
     shape = "TagException"
 
 
+class InvalidAliasName(AwsError):
+    shape = "InvalidAliasNameException"
+
+
 # -- shared steps -------------------------------------------------------------------------------
 
 
@@ -292,15 +296,19 @@ def _alias_name(aws: AwsCall, namespace: str | None) -> KeyName:
     else:
         name = KeyName(namespace or aws.caller_namespace(), text)
     if not name.reference.startswith(ALIAS_PREFIX):
-        raise InvalidRequest("AliasName must look like alias/<name>", field="AliasName")
+        raise InvalidAliasName("AliasName must look like alias/<name>")
     return name
 
 
 def _check_new_alias(alias: str, target: KeyRecord) -> None:
-    """The rules the domain applies to an alias a key takes."""
-    validate_alias(alias)
+    """The rules the domain applies to an alias a key takes (its spelling is AWS's
+    InvalidAliasNameException; the domain's reserved ``alias/kms/…`` its own refusal)."""
+    try:
+        validate_alias(alias)
+    except InvalidRequest as exc:
+        raise InvalidAliasName(exc.message) from None
     if alias.startswith(AWS_ALIAS_PREFIX):
-        raise InvalidRequest(f"alias {alias!r} is reserved: {AWS_ALIAS_PREFIX}… names AWS's keys")
+        raise InvalidAliasName(f"alias {alias!r} is reserved: {AWS_ALIAS_PREFIX}… names AWS's keys")
     if alias.startswith(DEFAULT_ALIAS_PREFIX) and not target.is_default:
         raise InvalidRequest(
             f"alias {alias!r} is reserved: {DEFAULT_ALIAS_PREFIX}… names default keys",
