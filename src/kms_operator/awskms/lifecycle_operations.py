@@ -127,11 +127,21 @@ def _refuse_external(record: KeyRecord, what: str) -> None:
         )
 
 
+def _holds(body: Body | None, record: KeyRecord) -> bool:
+    """Whether the object at the key's name is the key's: the one it is bound to, or one that
+    claims it (``status.keyId``, as the operator reads a claim; an object created again
+    after a cancelled deletion claims its key so before the store has bound it)."""
+    if body is None:
+        return False
+    if record.object_uid is None or body["metadata"].get("uid") == record.object_uid:
+        return True
+    return (body.get("status") or {}).get("keyId") == str(record.key_id)
+
+
 async def _object_of(objects: KeyObjects, record: KeyRecord) -> Body:
     """The CustomerMasterKey that holds ``record`` now."""
     body = await objects.run(objects.resources.get_cmk, record.namespace, record.name)
-    uid = None if body is None else body["metadata"].get("uid")
-    if body is None or (record.object_uid is not None and uid != record.object_uid):
+    if body is None or not _holds(body, record):
         raise KeyStateError(
             f"key {record.key_id} is not held by a CustomerMasterKey {record.namespace}/"
             f"{record.name} right now (its object is being created again); retry"
@@ -527,25 +537,27 @@ async def cancel_key_deletion(aws: AwsCall, objects: KeyObjects) -> Members:
             return None
         return {"metadata": {"annotations": {CANCEL_DELETION_ANNOTATION: "true"}}}
 
-    async def attempt() -> None:
+    async def attempt() -> str:
         body = await _object_of(objects, record)
         patch = change(body)
         if patch is not None:
             patch["metadata"]["resourceVersion"] = body["metadata"]["resourceVersion"]
             await objects.run(objects.resources.patch_cmk, record.namespace, record.name, patch)
+        return str(body["metadata"]["uid"])
 
-    await objects.change(attempt)
+    cancelled = await objects.change(attempt)
     service = aws.call.service
 
     async def probe() -> KeyRecord | None:
-        # Kept in the store, and held again by the object the operator creates anew.
+        # Kept in the store, and claimed by the object the operator creates anew.
         current = service.get(record.key_id)
-        if current.state is KeyState.PENDING_DELETION or current.object_uid is None:
+        if current.state is KeyState.PENDING_DELETION:
             return None
         body = await objects.run(objects.resources.get_cmk, record.namespace, record.name)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return None
-        return current if body["metadata"].get("uid") == current.object_uid else None
+        fresh = body["metadata"].get("uid") != cancelled
+        return current if fresh and _holds(body, current) else None
 
     kept = await objects.until(
         probe, f"cancel the deletion of key {record.key_id}", reads_objects=True
