@@ -127,12 +127,11 @@ def _refuse_external(record: KeyRecord, what: str) -> None:
         )
 
 
-def _holds(body: Body | None, record: KeyRecord) -> bool:
+def _holds(body: Body, record: KeyRecord) -> bool:
     """Whether the object at the key's name is the key's: the one it is bound to, or one that
-    claims it (``status.keyId``, as the operator reads a claim; an object created again
-    after a cancelled deletion claims its key so before the store has bound it)."""
-    if body is None:
-        return False
+    claims it by ``status.keyId`` (as the operator reads a claim): the object the operator
+    creates again after a cancelled deletion claims its key that way before the store binds
+    it to the new UID."""
     if record.object_uid is None or body["metadata"].get("uid") == record.object_uid:
         return True
     return (body.get("status") or {}).get("keyId") == str(record.key_id)
