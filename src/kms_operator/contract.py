@@ -59,6 +59,12 @@ SECRET_PLAINTEXT_TEXT_KEY = "plaintextBase64"  # noqa: S105 - a data key name
 NAMESPACE_CONTEXT = PREFIX + "namespace"
 DATAKEY_CONTEXT = PREFIX + "datakey"
 
+# -- AWS CreateKey tags -----------------------------------------------------------------
+#: The CustomerMasterKey's name (else ``key-<8 hex digits>``).
+NAME_TAG = PREFIX + "name"
+#: The namespace the CustomerMasterKey is created in (else the caller's).
+NAMESPACE_TAG = PREFIX + "namespace"
+
 # -- the API -------------------------------------------------------------------------------
 #: The audience ServiceAccount tokens for the KMS API are made for, unless configured.
 TOKEN_AUDIENCE = GROUP

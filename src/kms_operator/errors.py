@@ -87,6 +87,21 @@ class AliasConflict(KmsError):
     status = 409
 
 
+class AlreadyExists(KmsError):
+    """An object of that name exists already: a create refused."""
+
+    code = "AlreadyExists"
+    status = 409
+
+
+class Conflict(KmsError):
+    """The object changed since it was read (a resourceVersion or UID precondition failed)."""
+
+    code = "Conflict"
+    status = 409
+    retryable = True
+
+
 class KeyBoundElsewhere(KmsError):
     """The object's name holds a key of an earlier object that this one did not claim."""
 

@@ -258,6 +258,10 @@ def test_rbac_cluster_wide_is_exactly_what_the_operator_uses(
         ("patch", "customermasterkeys.kms.cmk.dev", [*anywhere, "--subresource=status"]),
         ("update", "customermasterkeys.kms.cmk.dev", [*anywhere, "--subresource=status"]),
         ("watch", "keymaterialimports.kms.cmk.dev", ["-A"]),
+        # The AWS API's lifecycle operations, for callers who hold the same verb.
+        ("delete", "customermasterkeys.kms.cmk.dev", anywhere),
+        ("create", "keymaterialimports.kms.cmk.dev", anywhere),
+        ("delete", "keymaterialimports.kms.cmk.dev", anywhere),
         ("patch", "datakeys.kms.cmk.dev", [*anywhere, "--subresource=status"]),
         ("create", "events", anywhere),
         ("list", "customresourcedefinitions.apiextensions.k8s.io", []),
@@ -282,8 +286,9 @@ def test_rbac_cluster_wide_is_exactly_what_the_operator_uses(
         ("delete", "secrets", anywhere),
         ("delete", "customresourcedefinitions.apiextensions.k8s.io", []),
         ("update", "customresourcedefinitions.apiextensions.k8s.io", []),
-        ("delete", "customermasterkeys.kms.cmk.dev", anywhere),
+        ("deletecollection", "customermasterkeys.kms.cmk.dev", anywhere),
         ("create", "datakeys.kms.cmk.dev", anywhere),
+        ("delete", "datakeys.kms.cmk.dev", anywhere),
         ("delete", "events", anywhere),
         ("get", "configmaps/other", ["-n", namespace]),
         ("patch", f"configmaps/{release}-ca", ["-n", "kube-system"]),
@@ -311,9 +316,10 @@ def test_rbac_for_watched_namespaces(
     granted = [
         *(
             (verb, "customermasterkeys.kms.cmk.dev", ["-n", ns])
-            for verb in ("get", "list", "watch", "create", "patch")
+            for verb in ("get", "list", "watch", "create", "patch", "delete")
             for ns in (team_a, team_b)
         ),
+        ("create", "keymaterialimports.kms.cmk.dev", ["-n", team_a]),
         ("patch", "customermasterkeys.kms.cmk.dev", ["-n", team_b, "--subresource=status"]),
         ("create", "events", ["-n", team_a]),
         ("list", "namespaces", []),
@@ -334,6 +340,8 @@ def test_rbac_for_watched_namespaces(
         ("watch", "customermasterkeys.kms.cmk.dev", ["-A"]),
         ("get", "customermasterkeys.kms.cmk.dev", ["-n", other]),
         ("patch", "customermasterkeys.kms.cmk.dev", ["-n", other]),
+        ("delete", "customermasterkeys.kms.cmk.dev", ["-n", other]),
+        ("delete", "keymaterialimports.kms.cmk.dev", ["-n", other]),
         ("create", "events", ["-n", other]),
         ("create", "configmaps", ["-n", team_a]),
         ("list", "secrets", ["-n", team_a]),

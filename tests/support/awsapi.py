@@ -1,6 +1,8 @@
 """The AWS protocol in-process for unit tests: the listener's app with both front ends on a real
 local port (aiohttp's test server), a real KeyService, static tokens whose users are
-ServiceAccounts, the authorizer double of :mod:`tests.support.api`, and boto3 clients.
+ServiceAccounts, the authorizer double of :mod:`tests.support.api`, and boto3 clients; with
+``resources`` (the custom resources, e.g. :class:`tests.support.awsresources.FakeResources`)
+the lifecycle operations too.
 
 boto3 is synchronous: tests call it through :meth:`AwsApi.kms` in a thread
 (``await api.run(client.encrypt, ...)``), so the server keeps serving on the test's loop.
@@ -24,6 +26,7 @@ from tests.support.api import Grants, MemorySink
 from kms_operator import api as native_api
 from kms_operator.awskms import routes as awskms
 from kms_operator.awskms.identifiers import Arns
+from kms_operator.awskms.resources import Patience, Resources
 from kms_operator.keys.service import KeyService
 from kms_operator.serving.app import create_app
 from kms_operator.serving.auth import StaticTokens
@@ -65,14 +68,19 @@ class AwsApi:
 
 
 @asynccontextmanager
-async def serve(service: KeyService, tmp_path: Path) -> AsyncIterator[AwsApi]:
+async def serve(
+    service: KeyService,
+    tmp_path: Path,
+    resources: Resources | None = None,
+    patience: Patience = awskms.PATIENCE,
+) -> AsyncIterator[AwsApi]:
     tokens = tmp_path / "tokens.csv"
     tokens.write_text(f"{ALICE_TOKEN},{ALICE},devs\n{BOB_TOKEN},{BOB}\n{DEV_TOKEN},{DEV}\n")
     grants, sink = Grants(), MemorySink()
     arns = Arns(ACCOUNT)
     app = create_app(
         service,
-        front_ends=(awskms.front_end(arns), native_api.add_routes),
+        front_ends=(awskms.front_end(arns, resources, patience=patience), native_api.add_routes),
         authenticator=StaticTokens.from_file(tokens),
         authorizer=grants,
         audit=sink,

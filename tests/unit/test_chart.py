@@ -403,9 +403,10 @@ def _expand(spec: dict[tuple[str, str], str], name: str = "") -> set[tuple[str, 
 
 
 KMS = {
-    ("kms.cmk.dev", "customermasterkeys"): "get list watch create patch update",
+    # create, patch, delete: also the AWS API's lifecycle operations, for callers who hold them.
+    ("kms.cmk.dev", "customermasterkeys"): "get list watch create patch update delete",
     ("kms.cmk.dev", "customermasterkeys/status"): "get patch update",
-    ("kms.cmk.dev", "keymaterialimports"): "get list watch patch update",
+    ("kms.cmk.dev", "keymaterialimports"): "get list watch create patch update delete",
     ("kms.cmk.dev", "datakeys"): "get list watch patch update",
     ("kms.cmk.dev", "keymaterialimports/status"): "get patch update",
     ("kms.cmk.dev", "datakeys/status"): "get patch update",
@@ -440,7 +441,14 @@ def _no_wildcards_nor_secret_listing(objects: list[Obj]) -> None:
                 # One Secret at a time, by name: never list, watch (a cache of every Secret)
                 # nor patch.
                 assert verb in ("get", "create", "update"), verb
-            assert verb not in ("delete", "deletecollection", "escalate", "bind", "impersonate")
+            assert verb not in ("deletecollection", "escalate", "bind", "impersonate")
+            # Deletes: only the objects of the AWS API's ScheduleKeyDeletion and
+            # DeleteImportedKeyMaterial (never a CRD, a Secret, a ConfigMap).
+            if verb == "delete":
+                assert (group, resource) in (
+                    ("kms.cmk.dev", "customermasterkeys"),
+                    ("kms.cmk.dev", "keymaterialimports"),
+                ), resource
             # Webhooks: never mutating ones, never create (issue 8, item 5).
             assert resource != "mutatingwebhookconfigurations", obj["metadata"]["name"]
             if resource == "validatingwebhookconfigurations":

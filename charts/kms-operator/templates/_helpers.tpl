@@ -75,10 +75,12 @@ in kms-operator.secretRules (rbac.yaml): get/create/update one at a time, never 
 */}}
 {{- define "kms-operator.kmsRules" -}}
 # Kopf watches and patches (finalizer, progress annotations) the keys; the operator reads,
-# lists (alias conflicts) and re-creates them (deletion cancelled).
+# lists (alias conflicts) and re-creates them (deletion cancelled). The AWS API's lifecycle
+# operations create, patch and delete them for callers who hold that verb themselves (checked
+# by SubjectAccessReview first).
 - apiGroups: ["kms.cmk.dev"]
   resources: ["customermasterkeys"]
-  verbs: ["get", "list", "watch", "create", "patch", "update"]
+  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
 - apiGroups: ["kms.cmk.dev"]
   resources: ["customermasterkeys/status"]
   verbs: ["get", "patch", "update"]
@@ -86,6 +88,11 @@ in kms-operator.secretRules (rbac.yaml): get/create/update one at a time, never 
 - apiGroups: ["kms.cmk.dev"]
   resources: ["keymaterialimports", "datakeys"]
   verbs: ["get", "list", "watch", "patch", "update"]
+# The AWS API's GetParametersForImport and DeleteImportedKeyMaterial, for callers who hold
+# that verb themselves (checked by SubjectAccessReview first).
+- apiGroups: ["kms.cmk.dev"]
+  resources: ["keymaterialimports"]
+  verbs: ["create", "delete"]
 - apiGroups: ["kms.cmk.dev"]
   resources: ["keymaterialimports/status", "datakeys/status"]
   verbs: ["get", "patch", "update"]

@@ -19,7 +19,7 @@ import base64
 import binascii
 import json
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from aiohttp import web
@@ -27,6 +27,8 @@ from aiohttp import web
 from kms_operator.errors import (
     AccessDenied,
     AliasConflict,
+    AlreadyExists,
+    Conflict,
     DefaultKeyProtected,
     ExpiredImportToken,
     IncorrectKeyMaterial,
@@ -99,6 +101,8 @@ _SHAPES: tuple[tuple[type[KmsError], str], ...] = (
     (KeyBoundElsewhere, "KMSInvalidStateException"),
     (KeyStateError, "KMSInvalidStateException"),
     (AliasConflict, "AlreadyExistsException"),
+    (AlreadyExists, "AlreadyExistsException"),
+    (Conflict, "ConflictException"),
     (InvalidImportToken, "InvalidImportTokenException"),
     (ExpiredImportToken, "ExpiredImportTokenException"),
     (IncorrectKeyMaterial, "IncorrectKeyMaterialException"),
@@ -238,6 +242,31 @@ class Fields:
         value = self._get(name, False)
         if value is not None and not isinstance(value, bool):
             raise InvalidRequest(f"{name} must be true or false", field=name)
+        return value
+
+    def timestamp(self, name: str) -> datetime | None:
+        """A timestamp member: epoch seconds (what the SDKs send), as aware UTC."""
+        value = self._get(name, False)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise InvalidRequest(
+                f"{name} must be a timestamp (seconds since the epoch)", field=name
+            )
+        try:
+            return datetime.fromtimestamp(value, UTC)
+        except (OverflowError, OSError, ValueError):
+            raise InvalidRequest(f"{name} is not a representable timestamp", field=name) from None
+
+    def objects(self, name: str, *, max_items: int) -> list[Mapping[str, Any]]:
+        """A list of JSON objects (``Tags``); absent is empty."""
+        value = self._get(name, False)
+        if value is None:
+            return []
+        if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+            raise InvalidRequest(f"{name} must be a list of objects", field=name)
+        if len(value) > max_items:
+            raise InvalidRequest(f"{name} has more than {max_items} items", field=name)
         return value
 
     def context(self, name: str) -> dict[str, str] | None:

@@ -16,6 +16,7 @@ from kms_operator.awskms.identifiers import Arns
 from kms_operator.keys.clock import Timescale
 from kms_operator.keys.service import KeyService
 from kms_operator.kube.client import load_api_client
+from kms_operator.kube.resources import KeyResources
 from kms_operator.operator import runner
 from kms_operator.serving import audit, tls
 from kms_operator.serving.server import start_api_server
@@ -59,7 +60,10 @@ async def _serve(settings: Settings, service: KeyService) -> None:
                 service,
                 settings,
                 api_client,
-                front_ends=(awskms.front_end(Arns(settings.aws_account_id)), native_api.add_routes),
+                front_ends=(
+                    awskms.front_end(Arns(settings.aws_account_id), KeyResources(api_client)),
+                    native_api.add_routes,
+                ),
                 readiness_checks=(runtime.scheduler.problem,),
                 serving=identity,
             )
