@@ -3,6 +3,8 @@ from the TokenRequest API."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from kubernetes import client
 
 GROUP = "kms.cmk.dev"
@@ -14,13 +16,13 @@ def service_account(
     kube_api: client.ApiClient,
     namespace: str,
     name: str,
-    verbs: list[str],
+    verbs: list[str] | Mapping[str, list[str]],
     audiences: list[str] | None = None,
-    *,
-    resources: tuple[str, ...] = ("customermasterkeys",),
 ) -> str:
-    """A ServiceAccount bound to a Role with ``verbs`` on ``resources`` (of our group); its
-    token for ``audiences`` (default: the KMS's; ``[]``: the API server's own default)."""
+    """A ServiceAccount bound to a Role with ``verbs`` on customermasterkeys (or, given a
+    mapping, on each resource of our group the verbs it maps to); its token for ``audiences``
+    (default: the KMS's; ``[]``: the API server's own default)."""
+    rules = {"customermasterkeys": verbs} if isinstance(verbs, list) else verbs
     core, rbac = client.CoreV1Api(kube_api), client.RbacAuthorizationV1Api(kube_api)
     core.create_namespaced_service_account(
         namespace, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name=name))
@@ -31,7 +33,8 @@ def service_account(
             client.V1Role(
                 metadata=client.V1ObjectMeta(name=name),
                 rules=[
-                    client.V1PolicyRule(api_groups=[GROUP], resources=list(resources), verbs=verbs)
+                    client.V1PolicyRule(api_groups=[GROUP], resources=[resource], verbs=granted)
+                    for resource, granted in rules.items()
                 ],
             ),
         )

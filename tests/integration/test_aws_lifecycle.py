@@ -20,6 +20,7 @@ from botocore.exceptions import ClientError
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from kubernetes import client
+from tests.integration.accounts import service_account
 from tests.integration.operator_fixtures import (
     GROUP,
     VERSION,
@@ -31,7 +32,6 @@ from tests.integration.operator_fixtures import (
 pytestmark = pytest.mark.integration
 
 OPERATOR_DAY_SECONDS = 3600
-KMS_AUDIENCE = "kms.cmk.dev"
 CMKS, KMIS = "customermasterkeys", "keymaterialimports"
 EVERYTHING = {
     CMKS: ["get", "list", "create", "patch", "delete", "encrypt", "decrypt"],
@@ -42,44 +42,6 @@ Kms = Any  # a boto3 KMS client
 MakeKms = Callable[[str, dict[str, list[str]]], Kms]
 
 
-def _service_account(
-    kube_api: client.ApiClient, namespace: str, name: str, rules: dict[str, list[str]]
-) -> str:
-    """A ServiceAccount holding ``rules`` (resource → verbs, group kms.cmk.dev) in its
-    namespace by a Role; its token for the KMS's audience."""
-    core, rbac = client.CoreV1Api(kube_api), client.RbacAuthorizationV1Api(kube_api)
-    meta = client.V1ObjectMeta(name=name)
-    core.create_namespaced_service_account(namespace, client.V1ServiceAccount(metadata=meta))
-    rbac.create_namespaced_role(
-        namespace,
-        client.V1Role(
-            metadata=meta,
-            rules=[
-                client.V1PolicyRule(api_groups=[GROUP], resources=[resource], verbs=verbs)
-                for resource, verbs in rules.items()
-            ],
-        ),
-    )
-    rbac.create_namespaced_role_binding(
-        namespace,
-        client.V1RoleBinding(
-            metadata=meta,
-            role_ref=client.V1RoleRef(
-                api_group="rbac.authorization.k8s.io", kind="Role", name=name
-            ),
-            subjects=[client.RbacV1Subject(kind="ServiceAccount", name=name, namespace=namespace)],
-        ),
-    )
-    answer = core.create_namespaced_service_account_token(
-        name,
-        namespace,
-        client.AuthenticationV1TokenRequest(
-            spec=client.V1TokenRequestSpec(audiences=[KMS_AUDIENCE], expiration_seconds=3600)
-        ),
-    )
-    return str(answer.status.token)
-
-
 @pytest.fixture
 def make_kms(
     operator_process: OperatorProcess, kube_api: client.ApiClient, namespace: str
@@ -87,7 +49,7 @@ def make_kms(
     """A boto3 client of the operator's API for a new ServiceAccount of ``namespace``."""
 
     def make(name: str, rules: dict[str, list[str]]) -> Kms:
-        token = _service_account(kube_api, namespace, name, rules)
+        token = service_account(kube_api, namespace, name, rules)
         return boto3.client(
             "kms",
             endpoint_url=operator_process.api_url,

@@ -31,8 +31,11 @@ from .wire import DependencyTimeout
 Body = dict[str, Any]
 T = TypeVar("T")
 
-#: Attempts of a read-modify-write that keeps meeting a change made meanwhile.
-MAX_CONFLICTS = 5
+#: Attempts of a read-modify-write that keeps meeting a change made meanwhile, and the pause
+#: before the second (doubled each time): the operator itself changes an object several times
+#: in a row (status, progress annotations, finalizer) while it handles an event.
+MAX_CONFLICTS = 8
+CONFLICT_PAUSE_S = 0.05
 
 
 class Resources(Protocol):
@@ -105,11 +108,11 @@ class KeyObjects:
 
     async def change(self, attempt: Callable[[], Awaitable[T]]) -> T:
         """Run a read-modify-write ``attempt`` again while it meets a ``Conflict``."""
-        for _ in range(MAX_CONFLICTS - 1):
+        for retry in range(MAX_CONFLICTS - 1):
             try:
                 return await attempt()
             except Conflict:
-                continue
+                await asyncio.sleep(CONFLICT_PAUSE_S * 2**retry)
         return await attempt()
 
 
