@@ -1,11 +1,16 @@
-"""Real callers for the integration tests: ServiceAccounts, their Roles, and their tokens
-from the TokenRequest API."""
+"""Real callers for the integration tests: ServiceAccounts, their Roles, their tokens from the
+TokenRequest API, and AWS clients that carry such a token as their session token."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
+from typing import Any
 
+import boto3
+from botocore.config import Config
 from kubernetes import client
+from tests.integration.operator_fixtures import OperatorProcess
 
 GROUP = "kms.cmk.dev"
 #: The audience the operator's API expects by default.
@@ -66,3 +71,33 @@ def service_account_token(
         ),
     )
     return str(answer.status.token)
+
+
+def aws_environment(operator: OperatorProcess, token: str) -> dict[str, str]:
+    """What every AWS SDK and tool reads: endpoint, CA bundle, credentials, region."""
+    return {
+        "AWS_ENDPOINT_URL_KMS": operator.api_url,
+        "AWS_CA_BUNDLE": str(operator.ca_file),
+        "AWS_ACCESS_KEY_ID": "not-a-credential",
+        "AWS_SECRET_ACCESS_KEY": "not-a-credential",
+        "AWS_SESSION_TOKEN": token,
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+    }
+
+
+def kms_client(operator: OperatorProcess, token: str) -> Any:
+    """A boto3 KMS client of the operator's API for ``token``; one attempt per call (a retried
+    CreateKey would make a second key)."""
+    return boto3.client(
+        "kms",
+        endpoint_url=operator.api_url,
+        verify=str(operator.ca_file),
+        region_name="us-east-1",
+        aws_access_key_id="not-a-credential",
+        aws_secret_access_key="not-a-credential",
+        aws_session_token=token,
+        config=Config(retries={"total_max_attempts": 1}, read_timeout=60),
+    )

@@ -13,14 +13,12 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-import boto3
 import pytest
-from botocore.config import Config
 from botocore.exceptions import ClientError
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from kubernetes import client
-from tests.integration.accounts import service_account
+from tests.integration.accounts import kms_client, service_account
 from tests.integration.operator_fixtures import (
     GROUP,
     VERSION,
@@ -49,17 +47,7 @@ def make_kms(
     """A boto3 client of the operator's API for a new ServiceAccount of ``namespace``."""
 
     def make(name: str, rules: dict[str, list[str]]) -> Kms:
-        token = service_account(kube_api, namespace, name, rules)
-        return boto3.client(
-            "kms",
-            endpoint_url=operator_process.api_url,
-            verify=str(operator_process.ca_file),
-            region_name="us-east-1",
-            aws_access_key_id="not-a-credential",
-            aws_secret_access_key="not-a-credential",
-            aws_session_token=token,
-            config=Config(retries={"total_max_attempts": 1}, read_timeout=60),
-        )
+        return kms_client(operator_process, service_account(kube_api, namespace, name, rules))
 
     return make
 

@@ -12,19 +12,22 @@ from __future__ import annotations
 import base64
 import json
 import os
+import ssl
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
+import aws_encryption_sdk
+import botocore.session
 import pytest
 import yaml
-from botocore.config import Config
+from aws_encryption_sdk import CommitmentPolicy
 from botocore.exceptions import ClientError
 from kubernetes import client
-from tests.integration.accounts import service_account
+from tests.integration.accounts import aws_environment, kms_client, service_account
 from tests.integration.operator_fixtures import Cmks, OperatorProcess
 from tests.support import awstools
 
@@ -39,21 +42,6 @@ def key(operator_process: OperatorProcess, cmks: Cmks, namespace: str) -> dict[s
     return cmks.wait_state(namespace, "app-key", "Enabled")
 
 
-def aws_environment(operator: OperatorProcess, token: str) -> dict[str, str]:
-    """What every AWS SDK and tool reads: endpoint, CA bundle, credentials, region."""
-    return {
-        "AWS_ENDPOINT_URL_KMS": operator.api_url,
-        "AWS_CA_BUNDLE": str(operator.ca_file),
-        "AWS_ACCESS_KEY_ID": "not-a-credential",
-        "AWS_SECRET_ACCESS_KEY": "not-a-credential",
-        "AWS_SESSION_TOKEN": token,
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_EC2_METADATA_DISABLED": "true",
-        "AWS_CONFIG_FILE": os.devnull,
-        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-    }
-
-
 @pytest.fixture
 def aws_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     def apply(environment: dict[str, str]) -> None:
@@ -61,19 +49,6 @@ def aws_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
             monkeypatch.setenv(name, value)
 
     yield apply
-
-
-def kms_client(operator: OperatorProcess, token: str) -> Any:
-    return boto3.client(
-        "kms",
-        endpoint_url=operator.api_url,
-        verify=str(operator.ca_file),
-        region_name="us-east-1",
-        aws_access_key_id="not-a-credential",
-        aws_secret_access_key="not-a-credential",
-        aws_session_token=token,
-        config=Config(retries={"max_attempts": 1}),
-    )
 
 
 def audit_lines(operator: OperatorProcess) -> list[dict[str, Any]]:
@@ -142,9 +117,6 @@ def test_a_native_blob_decrypts_through_boto3_and_back(
     namespace: str,
     key: dict[str, Any],
 ) -> None:
-    import ssl
-    import urllib.request
-
     token = service_account(kube_api, namespace, "both", ["encrypt", "decrypt"])
     context = ssl.create_default_context(cafile=str(operator_process.ca_file))
 
@@ -227,10 +199,6 @@ def test_the_aws_encryption_sdk_with_its_kms_master_key_provider(
     key: dict[str, Any],
     aws_env: Any,
 ) -> None:
-    import aws_encryption_sdk
-    import botocore.session
-    from aws_encryption_sdk import CommitmentPolicy
-
     token = service_account(kube_api, namespace, "esdk", ["encrypt", "decrypt", "generatedatakey"])
     aws_env(aws_environment(operator_process, token))
     arn = f"arn:aws:kms:{namespace}:{ACCOUNT}:key/{key['keyId']}"
