@@ -1,5 +1,5 @@
-"""CreateKey, CreateAlias/UpdateAlias/DeleteAlias, EnableKey/DisableKey,
-EnableKeyRotation/DisableKeyRotation, RotateKeyOnDemand, ScheduleKeyDeletion/CancelKeyDeletion.
+"""CreateKey, EnableKey/DisableKey, EnableKeyRotation/DisableKeyRotation, RotateKeyOnDemand,
+ScheduleKeyDeletion/CancelKeyDeletion (the alias operations are :mod:`.alias_operations`).
 
 Each does to the CustomerMasterKey what a ``kubectl`` user would do, and needs of the caller
 the RBAC verb that user needs on ``customermasterkeys`` in the key's namespace, checked before
@@ -9,7 +9,6 @@ any write:
 operation                     write                                         verb
 ============================  ============================================  ================
 CreateKey                     create the object                             create
-Create/Update/DeleteAlias     ``spec.aliases`` of each object it touches    patch (each)
 EnableKey, DisableKey         ``spec.enabled``                              patch
 Enable/DisableKeyRotation     ``spec.rotation.periodDays``                  patch
 RotateKeyOnDemand             annotation ``kms.cmk.dev/rotate``             patch
@@ -18,8 +17,8 @@ ScheduleKeyDeletion           ``spec.pendingWindowDays`` (when it differs,  dele
 CancelKeyDeletion             annotation ``kms.cmk.dev/cancel-deletion``    patch
 ============================  ============================================  ================
 
-The request is checked against the domain's rules first (a default key cannot be disabled, an
-alias is unique in its namespace, ...), so a refusal comes back as AWS's exception rather than
+The request is checked against the domain's rules first (a default key cannot be disabled, a key
+pending deletion takes no change, ...), so a refusal comes back as AWS's exception rather than
 as a condition on the object. Then the operator (same process) applies the change to the key
 and the operation waits for it, so the answer, like the next DescribeKey, shows the change.
 Spec patches carry the ``resourceVersion`` they were computed from: a change made meanwhile by
@@ -31,7 +30,6 @@ from __future__ import annotations
 import re
 import secrets
 import time
-from collections.abc import Callable
 from typing import Any
 
 from kms_operator.contract import (
@@ -43,34 +41,35 @@ from kms_operator.contract import (
     ROTATE_ANNOTATION,
 )
 from kms_operator.errors import (
-    AliasConflict,
     AlreadyExists,
-    DefaultKeyProtected,
-    InvalidRequest,
     KeyStateError,
-    NotFound,
 )
 from kms_operator.keys.rules import (
-    ALIAS_PREFIX,
-    DEFAULT_ALIAS_PREFIX,
     DEFAULT_PENDING_WINDOW_DAYS,
     PENDING_WINDOW_DAYS,
     ROTATION_PERIOD_DAYS,
     refuse_state,
-    validate_alias,
 )
-from kms_operator.keys.service import KeyService
 from kms_operator.store.records import KeyRecord, KeySpec, KeyState, KeyUsage, Origin
 
 from .calls import AwsCall, Members
-from .identifiers import KeyName
+from .cmk_objects import (
+    VERB_CREATE,
+    VERB_DELETE,
+    VERB_PATCH,
+    holds,
+    key_becomes,
+    object_of,
+    only_supported,
+    patch_object,
+    refuse_default,
+    refuse_external,
+    refuse_pending_deletion,
+    spec_of,
+)
 from .key_operations import key_metadata
 from .resources import Body, KeyObjects, LifecycleOperation
 from .wire import AwsError, UnsupportedOperation, epoch
-
-VERB_CREATE = "create"
-VERB_PATCH = "patch"
-VERB_DELETE = "delete"
 
 #: AWS's default period of automatic rotation.
 DEFAULT_ROTATION_PERIOD_DAYS = 365
@@ -78,8 +77,6 @@ DEFAULT_ROTATION_PERIOD_DAYS = 365
 NAME_ATTEMPTS = 3
 MAX_TAGS = 50
 MAX_DESCRIPTION_CHARS = 8192
-#: Aliases the CustomerMasterKey schema forbids (AWS's own keys).
-AWS_ALIAS_PREFIX = "alias/aws/"
 
 _ORIGINS = {"AWS_KMS": Origin.KMS, "EXTERNAL": Origin.EXTERNAL}
 _OBJECT_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
@@ -88,107 +85,6 @@ _NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 class InvalidTag(AwsError):
     shape = "TagException"
-
-
-class InvalidAliasName(AwsError):
-    shape = "InvalidAliasNameException"
-
-
-# -- shared steps -------------------------------------------------------------------------------
-
-
-def _only(aws: AwsCall, member: str, supported: tuple[str, ...]) -> str | None:
-    """The member's value when it is one of ``supported``; AWS's other values are not served."""
-    value = aws.fields.string(member)
-    if value is not None and value not in supported:
-        raise UnsupportedOperation(
-            f"{member} {value!r} is not supported here; supported: {', '.join(supported)}"
-        )
-    return value
-
-
-def _refuse_pending_deletion(record: KeyRecord, operation: str) -> None:
-    if record.state is KeyState.PENDING_DELETION:
-        raise refuse_state(record, operation)
-
-
-def _refuse_default(record: KeyRecord, what: str) -> None:
-    if record.is_default:
-        raise DefaultKeyProtected(
-            f"key {record.namespace}/{record.name} is a default key and cannot be {what}"
-        )
-
-
-def _refuse_external(record: KeyRecord, what: str) -> None:
-    if record.origin is Origin.EXTERNAL:
-        raise UnsupportedOperation(
-            f"key {record.key_id} has imported key material (origin EXTERNAL): it has no "
-            f"{what}; it rotates only by importing new material"
-        )
-
-
-def _holds(body: Body, record: KeyRecord) -> bool:
-    """Whether the object at the key's name is the key's: the one it is bound to, or one that
-    claims it by ``status.keyId`` (as the operator reads a claim): the object the operator
-    creates again after a cancelled deletion claims its key that way before the store binds
-    it to the new UID."""
-    if record.object_uid is None or body["metadata"].get("uid") == record.object_uid:
-        return True
-    return (body.get("status") or {}).get("keyId") == str(record.key_id)
-
-
-async def _object_of(objects: KeyObjects, record: KeyRecord) -> Body:
-    """The CustomerMasterKey that holds ``record`` now."""
-    body = await objects.run(objects.resources.get_cmk, record.namespace, record.name)
-    if body is None or not _holds(body, record):
-        raise KeyStateError(
-            f"key {record.key_id} is not held by a CustomerMasterKey {record.namespace}/"
-            f"{record.name} right now (its object is being created again); retry"
-        )
-    return body
-
-
-async def _patch(
-    objects: KeyObjects, record: KeyRecord, change: Callable[[Body], Body | None]
-) -> None:
-    """Patch the key's live object with ``change(object)`` (None: nothing to change), under
-    the resourceVersion it was computed from; read again when someone changed it meanwhile."""
-
-    async def attempt() -> None:
-        body = await _object_of(objects, record)
-        meta = body["metadata"]
-        if meta.get("deletionTimestamp"):
-            raise KeyStateError(
-                f"CustomerMasterKey {record.namespace}/{record.name} is being deleted; retry"
-            )
-        patch = change(body)
-        if patch is None:
-            return
-        patch.setdefault("metadata", {})["resourceVersion"] = meta["resourceVersion"]
-        await objects.run(objects.resources.patch_cmk, record.namespace, record.name, patch)
-
-    await objects.change(attempt)
-
-
-def _spec(body: Body) -> dict[str, Any]:
-    return dict(body.get("spec") or {})
-
-
-async def _key_becomes(
-    aws: AwsCall,
-    objects: KeyObjects,
-    record: KeyRecord,
-    done: Callable[[KeyRecord], bool],
-    what: str,
-) -> KeyRecord:
-    """The key once ``done`` holds for it in the key service."""
-    service = aws.call.service
-
-    async def probe() -> KeyRecord | None:
-        current = service.get(record.key_id)
-        return current if done(current) else None
-
-    return await objects.until(probe, f"{what} key {record.key_id}")
 
 
 # -- CreateKey ---------------------------------------------------------------------------------
@@ -231,10 +127,10 @@ def _new_key_spec(aws: AwsCall) -> dict[str, Any]:
             "key policies are not supported here: who may use a key is Kubernetes RBAC on its "
             "CustomerMasterKey (Roles and RoleBindings)"
         )
-    _only(aws, "KeyUsage", (KeyUsage.ENCRYPT_DECRYPT.value,))
+    only_supported(aws, "KeyUsage", (KeyUsage.ENCRYPT_DECRYPT.value,))
     for member in ("KeySpec", "CustomerMasterKeySpec"):
-        _only(aws, member, (KeySpec.SYMMETRIC_DEFAULT.value,))
-    origin = _only(aws, "Origin", tuple(_ORIGINS)) or "AWS_KMS"
+        only_supported(aws, member, (KeySpec.SYMMETRIC_DEFAULT.value,))
+    origin = only_supported(aws, "Origin", tuple(_ORIGINS)) or "AWS_KMS"
     spec: dict[str, Any] = {
         "origin": _ORIGINS[origin].value,
         "keySpec": KeySpec.SYMMETRIC_DEFAULT.value,
@@ -288,140 +184,22 @@ async def create_key(aws: AwsCall, objects: KeyObjects) -> Members:
     return {"KeyMetadata": key_metadata(aws, record)}
 
 
-# -- aliases -----------------------------------------------------------------------------------
-
-
-def _alias_name(aws: AwsCall, namespace: str | None) -> KeyName:
-    """``AliasName`` (``alias/…``, or an alias ARN), in ``namespace`` (the target key's) when
-    given, else in its ARN's or the caller's namespace."""
-    text = aws.fields.required_string("AliasName", max_chars=2048)
-    if text.startswith("arn:"):
-        name = aws.arns.parse(text, aws.user, member="AliasName")
-        if namespace is not None and name.namespace != namespace:
-            raise InvalidRequest(
-                "the AliasName ARN's region (its namespace) is not the target key's namespace",
-                field="AliasName",
-            )
-    else:
-        name = KeyName(namespace or aws.caller_namespace(), text)
-    if not name.reference.startswith(ALIAS_PREFIX):
-        raise InvalidAliasName("AliasName must look like alias/<name>")
-    return name
-
-
-def _check_new_alias(alias: str, target: KeyRecord) -> None:
-    """The rules the domain applies to an alias a key takes (its spelling is AWS's
-    InvalidAliasNameException; the domain's reserved ``alias/kms/…`` its own refusal)."""
-    try:
-        validate_alias(alias)
-    except InvalidRequest as exc:
-        raise InvalidAliasName(exc.message) from None
-    if alias.startswith(AWS_ALIAS_PREFIX):
-        raise InvalidAliasName(f"alias {alias!r} is reserved: {AWS_ALIAS_PREFIX}… names AWS's keys")
-    if alias.startswith(DEFAULT_ALIAS_PREFIX) and not target.is_default:
-        raise InvalidRequest(
-            f"alias {alias!r} is reserved: {DEFAULT_ALIAS_PREFIX}… names default keys",
-            field="aliases",
-        )
-
-
-def _owner(service: KeyService, namespace: str, alias: str) -> KeyRecord | None:
-    try:
-        return service.resolve(namespace, alias)
-    except NotFound:
-        return None
-
-
-def _aliases_patch(body: Body, wanted: Callable[[set[str]], set[str]]) -> Body | None:
-    aliases = set(_spec(body).get("aliases") or ())
-    changed = wanted(set(aliases))
-    return None if changed == aliases else {"spec": {"aliases": sorted(changed)}}
-
-
-async def _add_alias(aws: AwsCall, objects: KeyObjects, record: KeyRecord, alias: str) -> None:
-    await _patch(objects, record, lambda body: _aliases_patch(body, lambda a: a | {alias}))
-    service = aws.call.service
-
-    async def probe() -> KeyRecord | None:
-        owner = _owner(service, record.namespace, alias)
-        return owner if owner is not None and owner.key_id == record.key_id else None
-
-    await objects.until(probe, f"give alias {alias} to key {record.key_id}")
-
-
-async def _remove_alias(aws: AwsCall, objects: KeyObjects, record: KeyRecord, alias: str) -> None:
-    await _patch(objects, record, lambda body: _aliases_patch(body, lambda a: a - {alias}))
-    service = aws.call.service
-
-    async def probe() -> bool | None:
-        owner = _owner(service, record.namespace, alias)
-        return True if owner is None or owner.key_id != record.key_id else None
-
-    await objects.until(probe, f"take alias {alias} from key {record.key_id}")
-
-
-def _refuse_losing(record: KeyRecord, alias: str) -> None:
-    if record.is_default and alias.startswith(DEFAULT_ALIAS_PREFIX):
-        raise DefaultKeyProtected(
-            f"key {record.namespace}/{record.name} is a default key: its "
-            f"{DEFAULT_ALIAS_PREFIX}… alias cannot be removed"
-        )
-
-
-async def create_alias(aws: AwsCall, objects: KeyObjects) -> Members:
-    target = await aws.key(VERB_PATCH, "TargetKeyId")
-    alias = _alias_name(aws, target.namespace).reference
-    _check_new_alias(alias, target)
-    _refuse_pending_deletion(target, "CreateAlias")
-    if _owner(aws.call.service, target.namespace, alias) is not None:
-        raise AliasConflict(f"alias {alias!r} exists already in namespace {target.namespace!r}")
-    await _add_alias(aws, objects, target, alias)
-    return {}
-
-
-async def update_alias(aws: AwsCall, objects: KeyObjects) -> Members:
-    namespace = aws.name_of("TargetKeyId").namespace
-    alias = _alias_name(aws, namespace)
-    owner = await aws.call.resolve(VERB_PATCH, alias.namespace, alias.reference)
-    aws.call.note_source(owner, owner.current_version)
-    target = await aws.key(VERB_PATCH, "TargetKeyId")
-    if owner.key_id == target.key_id:
-        return {}
-    _check_new_alias(alias.reference, target)
-    _refuse_losing(owner, alias.reference)
-    _refuse_pending_deletion(owner, "UpdateAlias")
-    _refuse_pending_deletion(target, "UpdateAlias")
-    # One alias names one key: the old key lets it go before the new one takes it.
-    await _remove_alias(aws, objects, owner, alias.reference)
-    await _add_alias(aws, objects, target, alias.reference)
-    return {}
-
-
-async def delete_alias(aws: AwsCall, objects: KeyObjects) -> Members:
-    alias = _alias_name(aws, None)
-    owner = await aws.call.resolve(VERB_PATCH, alias.namespace, alias.reference)
-    _refuse_losing(owner, alias.reference)
-    _refuse_pending_deletion(owner, "DeleteAlias")
-    await _remove_alias(aws, objects, owner, alias.reference)
-    return {}
-
-
 # -- enabling and rotation ---------------------------------------------------------------------
 
 
 async def _set_enabled(aws: AwsCall, objects: KeyObjects, enabled: bool) -> Members:
     record = await aws.key(VERB_PATCH)
     if not enabled:
-        _refuse_default(record, "disabled")
-    _refuse_pending_deletion(record, "EnableKey" if enabled else "DisableKey")
+        refuse_default(record, "disabled")
+    refuse_pending_deletion(record, "EnableKey" if enabled else "DisableKey")
 
     def change(body: Body) -> Body | None:
-        if _spec(body).get("enabled", True) == enabled:
+        if spec_of(body).get("enabled", True) == enabled:
             return None
         return {"spec": {"enabled": enabled}}
 
-    await _patch(objects, record, change)
-    await _key_becomes(
+    await patch_object(objects, record, change)
+    await key_becomes(
         aws, objects, record, lambda r: r.enabled == enabled, "enable" if enabled else "disable"
     )
     return {}
@@ -437,17 +215,17 @@ async def disable_key(aws: AwsCall, objects: KeyObjects) -> Members:
 
 async def _set_rotation(aws: AwsCall, objects: KeyObjects, days: int | None) -> Members:
     record = await aws.key(VERB_PATCH)
-    _refuse_external(record, "automatic rotation")
-    _refuse_pending_deletion(record, "EnableKeyRotation" if days else "DisableKeyRotation")
+    refuse_external(record, "automatic rotation")
+    refuse_pending_deletion(record, "EnableKeyRotation" if days else "DisableKeyRotation")
 
     def change(body: Body) -> Body | None:
-        current = (_spec(body).get("rotation") or {}).get("periodDays")
+        current = (spec_of(body).get("rotation") or {}).get("periodDays")
         if current == days:
             return None
         return {"spec": {"rotation": None if days is None else {"periodDays": days}}}
 
-    await _patch(objects, record, change)
-    await _key_becomes(
+    await patch_object(objects, record, change)
+    await key_becomes(
         aws,
         objects,
         record,
@@ -468,15 +246,15 @@ async def disable_key_rotation(aws: AwsCall, objects: KeyObjects) -> Members:
 
 async def rotate_key_on_demand(aws: AwsCall, objects: KeyObjects) -> Members:
     record = await aws.key(VERB_PATCH)
-    _refuse_external(record, "rotation on demand")
-    _refuse_default(record, "rotated on demand")
+    refuse_external(record, "rotation on demand")
+    refuse_default(record, "rotated on demand")
     if record.state is not KeyState.ENABLED:
         raise refuse_state(record, "RotateKeyOnDemand")
     before = record.current_version
     # A new value of the annotation is the request (as kmsctl rotate sets it).
     request = {"metadata": {"annotations": {ROTATE_ANNOTATION: str(time.time_ns())}}}
-    await _patch(objects, record, lambda body: request)
-    await _key_becomes(aws, objects, record, lambda r: r.current_version > before, "rotate")
+    await patch_object(objects, record, lambda body: request)
+    await key_becomes(aws, objects, record, lambda r: r.current_version > before, "rotate")
     return {"KeyId": aws.arns.key(record)}
 
 
@@ -487,12 +265,12 @@ async def schedule_key_deletion(aws: AwsCall, objects: KeyObjects) -> Members:
     window = aws.fields.integer("PendingWindowInDays", *PENDING_WINDOW_DAYS)
     days = window or DEFAULT_PENDING_WINDOW_DAYS
     record = await aws.key(VERB_DELETE)
-    _refuse_default(record, "deleted")
-    _refuse_pending_deletion(record, "ScheduleKeyDeletion")
+    refuse_default(record, "deleted")
+    refuse_pending_deletion(record, "ScheduleKeyDeletion")
 
     async def attempt() -> Body:
-        body = await _object_of(objects, record)
-        current = _spec(body).get("pendingWindowDays") or DEFAULT_PENDING_WINDOW_DAYS
+        body = await object_of(objects, record)
+        current = spec_of(body).get("pendingWindowDays") or DEFAULT_PENDING_WINDOW_DAYS
         if current == days or body["metadata"].get("deletionTimestamp"):
             return body
         # The window is the object's: changing it is a patch, which the caller needs too.
@@ -507,7 +285,7 @@ async def schedule_key_deletion(aws: AwsCall, objects: KeyObjects) -> Members:
     if not body["metadata"].get("deletionTimestamp"):
         uid = str(body["metadata"]["uid"])
         await objects.run(objects.resources.delete_cmk, record.namespace, record.name, uid)
-    scheduled = await _key_becomes(
+    scheduled = await key_becomes(
         aws,
         objects,
         record,
@@ -537,7 +315,7 @@ async def cancel_key_deletion(aws: AwsCall, objects: KeyObjects) -> Members:
         return {"metadata": {"annotations": {CANCEL_DELETION_ANNOTATION: "true"}}}
 
     async def attempt() -> str:
-        body = await _object_of(objects, record)
+        body = await object_of(objects, record)
         patch = change(body)
         if patch is not None:
             patch["metadata"]["resourceVersion"] = body["metadata"]["resourceVersion"]
@@ -556,7 +334,7 @@ async def cancel_key_deletion(aws: AwsCall, objects: KeyObjects) -> Members:
         if body is None or body["metadata"].get("deletionTimestamp"):
             return None
         fresh = body["metadata"].get("uid") != cancelled
-        return current if fresh and _holds(body, current) else None
+        return current if fresh and holds(body, current) else None
 
     kept = await objects.until(
         probe, f"cancel the deletion of key {record.key_id}", reads_objects=True
@@ -566,9 +344,6 @@ async def cancel_key_deletion(aws: AwsCall, objects: KeyObjects) -> Members:
 
 OPERATIONS: dict[str, LifecycleOperation] = {
     "CreateKey": create_key,
-    "CreateAlias": create_alias,
-    "UpdateAlias": update_alias,
-    "DeleteAlias": delete_alias,
     "EnableKey": enable_key,
     "DisableKey": disable_key,
     "EnableKeyRotation": enable_key_rotation,

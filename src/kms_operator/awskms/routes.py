@@ -16,7 +16,13 @@ from kms_operator.serving.app import FrontEnd
 from kms_operator.serving.audit import bounded
 from kms_operator.serving.calls import Call
 
-from . import crypto_operations, import_operations, key_operations, lifecycle_operations
+from . import (
+    alias_operations,
+    crypto_operations,
+    import_operations,
+    key_operations,
+    lifecycle_operations,
+)
 from .calls import AwsCall, Members, Operation
 from .identifiers import Arns
 from .resources import KeyObjects, LifecycleOperation, Patience, Resources
@@ -28,6 +34,7 @@ OPERATIONS: dict[str, Operation] = {
 }
 LIFECYCLE_OPERATIONS: dict[str, LifecycleOperation] = {
     **lifecycle_operations.OPERATIONS,
+    **alias_operations.OPERATIONS,
     **import_operations.OPERATIONS,
 }
 
