@@ -5,8 +5,9 @@
   :func:`encrypted_control_plane` is a :class:`LocalControlPlane` started with it
   (``--encryption-provider-config``). The file is read again on
   :meth:`LocalControlPlane.restart_apiserver`, so a test may rewrite it before a restart.
-- :func:`etcd_value` is a key's raw value straight from etcd (etcdctl ``get -w json``: keys and
-  values come base64-encoded, so binary values survive); :func:`secret_key` names a Secret's.
+- :func:`etcd_value` (:func:`etcd_values` under a prefix) is a key's raw value straight from
+  etcd (etcdctl ``get -w json``: keys and values come base64-encoded, so binary values
+  survive); :func:`secret_key` names a Secret's.
 - :func:`stored_encrypted_object` reads a kms v2 value: the ``k8s:enc:kms:v2:<name>:`` prefix,
   then an ``EncryptedObject`` (:mod:`tests.support.encrypted_object`).
 - :func:`apiserver_health` is a ``/healthz/<check>`` answer, :func:`admin_client` a Kubernetes
@@ -39,6 +40,7 @@ __all__ = [
     "apiserver_health",
     "encrypted_control_plane",
     "etcd_value",
+    "etcd_values",
     "kms_v2_provider",
     "secret_key",
     "stored_encrypted_object",
@@ -104,21 +106,38 @@ def secret_key(namespace: str, name: str) -> str:
     return f"/registry/secrets/{namespace}/{name}"
 
 
-def etcd_value(plane: LocalControlPlane, key: str) -> bytes | None:
-    """The raw value of ``key`` in the control plane's etcd, None when there is none."""
+def _etcdctl_get(plane: LocalControlPlane, key: str, *flags: str) -> dict[str, bytes]:
     proc = subprocess.run(
-        [str(plane.etcdctl_path), f"--endpoints={plane.etcd_url}", "get", key, "-w", "json"],
+        [
+            str(plane.etcdctl_path),
+            f"--endpoints={plane.etcd_url}",
+            "get",
+            key,
+            *flags,
+            "-w",
+            "json",
+        ],
         capture_output=True,
-        timeout=30,
+        timeout=60,
         check=False,
         env={**os.environ, "ETCDCTL_API": "3"},
     )
     if proc.returncode != 0:
         raise AssertionError(f"etcdctl get {key} failed: {proc.stderr.decode(errors='replace')}")
-    kvs = json.loads(proc.stdout).get("kvs", [])
-    if not kvs:
-        return None
-    return base64.b64decode(kvs[0]["value"])
+    return {
+        base64.b64decode(kv["key"]).decode(): base64.b64decode(kv["value"])
+        for kv in json.loads(proc.stdout).get("kvs", [])
+    }
+
+
+def etcd_value(plane: LocalControlPlane, key: str) -> bytes | None:
+    """The raw value of ``key`` in the control plane's etcd, None when there is none."""
+    return _etcdctl_get(plane, key).get(key)
+
+
+def etcd_values(plane: LocalControlPlane, prefix: str) -> dict[str, bytes]:
+    """Every key under ``prefix`` and its raw value."""
+    return _etcdctl_get(plane, prefix, "--prefix")
 
 
 def apiserver_health(plane: LocalControlPlane, check: str = "") -> tuple[int, str]:
