@@ -11,7 +11,7 @@ ENSURE_NODE := hack/node/ensure.sh
 ENSURE_KMS_TOOLS := hack/tools/ensure.sh
 IMAGE_ARCHIVE := .envtest/image/kms-operator.tar
 
-.PHONY: run test lint unit integration e2e controlplane tools image node cluster bench clean
+.PHONY: run test lint unit integration e2e controlplane tools image node cluster bench proto clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -96,6 +96,11 @@ bench: $(STAMP)
 	export KMS_TOOLS_BIN="$$($(ENSURE_KMS_TOOLS) | tail -n 1)" && \
 	  $(BIN)/python bench/bench_service.py && \
 	  $(BIN)/python bench/bench_api.py
+
+# Regenerates the KMS v2 plugin's Python modules from its .proto (committed; a unit test
+# regenerates them into a temporary directory and compares).
+proto: $(STAMP)
+	hack/proto/generate.sh
 
 clean:
 	rm -rf $(VENV) $(LOCAL) .mypy_cache .ruff_cache .pytest_cache

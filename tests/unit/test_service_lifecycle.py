@@ -86,6 +86,42 @@ def test_create_is_idempotent_across_a_restart(
     assert reopen().create_key(NS, "orders").key_id == first.key_id
 
 
+def test_external_key_takes_a_given_key_id_which_survives_a_restart(
+    service: KeyService, reopen: Callable[[], KeyService]
+) -> None:
+    given = uuid.uuid4()
+    record = service.create_key(NS, "shared", origin=Origin.EXTERNAL, key_id=given)
+
+    assert record.key_id == given
+    assert service.create_key(NS, "shared", origin=Origin.EXTERNAL, key_id=given) == record
+    assert reopen().get(given).name == "shared"
+
+
+def test_a_given_key_id_is_refused_for_kms_keys(service: KeyService) -> None:
+    with pytest.raises(InvalidRequest, match="only EXTERNAL keys") as caught:
+        service.create_key(NS, "made-here", key_id=uuid.uuid4())
+
+    assert caught.value.field == "keyId"
+    assert service.find(NS, "made-here") is None
+
+
+def test_a_key_id_is_never_reused(service: KeyService) -> None:
+    taken = service.create_key(NS, "first").key_id
+
+    with pytest.raises(InvalidRequest, match="taken by key payments/first"):
+        service.create_key("billing", "second", origin=Origin.EXTERNAL, key_id=taken)
+    assert service.find("billing", "second") is None
+
+
+def test_an_existing_key_with_another_id_is_not_returned_for_a_given_id(
+    service: KeyService,
+) -> None:
+    existing = service.create_key(NS, "shared", origin=Origin.EXTERNAL)
+
+    with pytest.raises(InvalidRequest, match=f"exists already with key id {existing.key_id}"):
+        service.create_key(NS, "shared", origin=Origin.EXTERNAL, key_id=uuid.uuid4())
+
+
 @pytest.mark.parametrize("days", [89, 2561, 0, -1])
 def test_rotation_period_out_of_range_is_refused(service: KeyService, days: int) -> None:
     with pytest.raises(InvalidRequest) as caught:

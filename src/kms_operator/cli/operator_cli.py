@@ -1,4 +1,5 @@
-"""``kms-operator``: run the operator and its API; back up and restore the store.
+"""``kms-operator``: run the operator and its API; back up and restore the store; the KMS v2
+plugin on control-plane nodes (``kms-plugin``, in :mod:`kms_operator.cli.kms_plugin`).
 
 Every option of ``run`` may also come from the environment as ``KMS_<OPTION>`` (for example
 ``KMS_DAY_SECONDS``, ``KMS_TOKEN_AUDIENCES`` with space-separated values), except
@@ -21,6 +22,7 @@ from pathlib import Path
 import click
 
 from kms_operator.cli import running
+from kms_operator.cli.kms_plugin import kms_plugin
 from kms_operator.devcluster.controlplane import LocalControlPlane
 from kms_operator.errors import KmsError
 from kms_operator.kube.client import load_api_client
@@ -259,6 +261,9 @@ def restore(store_path: Path, root_key_file: Path, source: Path) -> None:
     except KmsError as exc:
         raise click.ClickException(exc.message) from None
     click.echo(f"restored {store_path} from {source}")
+
+
+main.add_command(kms_plugin)
 
 
 if __name__ == "__main__":

@@ -51,6 +51,9 @@ class ServiceBase:
         self._store = store
         self.clock: Clock = clock or SystemClock()
         self.timescale = timescale or Timescale()
+        # Read before the records: a write landing in between is then reloaded once more by
+        # refresh(), never missed.
+        self._data_version = store.data_version()
         self._index = KeyIndex(store.list_keys(), store.load_material)
         self.elapsed = ElapsedTime(self.clock, store)
 
@@ -62,6 +65,28 @@ class ServiceBase:
     def warm_cache(self) -> None:
         """Unwrap every usable version now, so the first request pays no store read."""
         self._index.warm()
+
+    def refresh(self) -> bool:
+        """Catch up with writes another process made to the store; True if there were any.
+
+        The service is the only writer of the store within its process, but the KMS v2
+        plugin's ``keys`` commands write the node's store from another process while
+        ``kms-plugin serve`` runs. The store's data version moves with every commit made
+        through another handle; when it has moved, every record is read again and published
+        the index's usual way (a reader sees each key before or after, never half), and the
+        versions new to this process are unwrapped. When nothing changed it costs one read of
+        that counter and takes no lock; the caller decides how often to call it.
+        """
+        if self._store.data_version() == self._data_version:
+            return False
+        with self._index.writing():
+            seen = self._store.data_version()
+            if seen == self._data_version:
+                return False  # another thread caught up meanwhile
+            changed = self._index.reload(self._store.list_keys())
+            self._data_version = seen
+        log.info("the store was written by another process; keys reloaded: %d", changed)
+        return True
 
     def keys(self) -> list[KeyRecord]:
         return self._index.records()

@@ -198,28 +198,50 @@ class KeyIndex:
         """Unwrap every usable version now, so no request pays a store read."""
         with self._lock:
             for entry in list(self._entries.values()):
-                record = entry.record
-                if record.state is KeyState.DESTROYED:
+                material = self._missing_material(entry.record, entry.aeads)
+                if material:
+                    self.publish(entry.record, material)
+
+    def reload(self, records: Iterable[KeyRecord]) -> int:
+        """Publish the store's records again (another process wrote the store) and unwrap the
+        usable versions this index does not hold yet; return how many keys changed.
+
+        Each key is published like any write (rule 3). An AEAD already held stays: a version's
+        material never changes while it has any (only the same material can be imported
+        again). Keys never leave a store (destroyed ones stay as tombstones), so none is
+        removed here.
+        """
+        changed = 0
+        with self._lock:
+            for record in records:
+                old = self._entries.get(record.key_id)
+                if old is not None and old.record == record:
                     continue
-                missing = [
-                    v.version
-                    for v in record.versions
-                    if v.state is VersionState.ENABLED and v.version not in entry.aeads
-                ]
-                if not missing:
-                    continue
-                aeads = dict(entry.aeads)
-                for number in missing:
-                    material = self._load_material(record.key_id, number)
-                    if material is None:
-                        log.warning(
-                            "key %s version %d is Enabled but the store has no material",
-                            record.key_id,
-                            number,
-                        )
-                        continue
-                    aeads[number] = primitives.Aead(material)
-                self._install(entry, self._entry(record, aeads))
+                held = {} if old is None else old.aeads
+                self.publish(record, self._missing_material(record, held))
+                changed += 1
+        return changed
+
+    def _missing_material(
+        self, record: KeyRecord, held: Mapping[int, primitives.Aead]
+    ) -> dict[int, bytes]:
+        """The material of the record's usable versions that ``held`` lacks, from the store."""
+        if record.state is KeyState.DESTROYED:
+            return {}
+        found: dict[int, bytes] = {}
+        for version in record.versions:
+            if version.state is not VersionState.ENABLED or version.version in held:
+                continue
+            material = self._load_material(record.key_id, version.version)
+            if material is None:
+                log.warning(
+                    "key %s version %d is Enabled but the store has no material",
+                    record.key_id,
+                    version.version,
+                )
+                continue
+            found[version.version] = material
+        return found
 
     def namespace_uid(self, namespace: str) -> str | None:
         return self._namespace_uids.get(namespace)

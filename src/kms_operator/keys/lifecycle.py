@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import NamedTuple
 
 from kms_operator.crypto import primitives
-from kms_operator.errors import DefaultKeyProtected, KeyStateError, KmsError
+from kms_operator.errors import DefaultKeyProtected, InvalidRequest, KeyStateError, KmsError
 from kms_operator.store.records import KeyRecord, KeyState, Origin, VersionRecord, VersionState
 
 from .base import ServiceBase
@@ -67,17 +67,32 @@ class LifecycleVerbs(ServiceBase):
         default_service: str | None = None,
         namespace_uid: str | None = None,
         object_uid: str | None = None,
+        key_id: uuid.UUID | None = None,
     ) -> KeyRecord:
         """Create the key bound to ``namespace/name``; return the existing one if bound already.
 
         Idempotent on purpose: the operator retries after a crash, and must find the key it
         created instead of making a second one.
+
+        ``key_id`` gives an EXTERNAL key the id of a key held elsewhere (the KMS v2 plugin's
+        nodes share one key: the same id and the same imported material in each store, so
+        each decrypts the others' blobs, whose header names the id). KMS keys always get a new
+        random id: their material is made here, so no other store can hold the same key.
         """
         with self._index.writing():
             existing = self.find(namespace, name)
             if existing is not None:
+                if key_id is not None and existing.key_id != key_id:
+                    raise InvalidRequest(
+                        f"key {namespace}/{name} exists already with key id {existing.key_id}, "
+                        f"not {key_id}",
+                        field="keyId",
+                    )
                 return existing
-            key_id = uuid.uuid4()
+            if key_id is None:
+                key_id = uuid.uuid4()
+            else:
+                self._check_given_key_id(key_id, origin)
             self._check_aliases(namespace, key_id, aliases, default_service is not None)
             if rotation_period_days is not None:
                 check_rotation_period(origin, rotation_period_days)
@@ -114,6 +129,21 @@ class LifecycleVerbs(ServiceBase):
             self._index.publish(record, material)
             log.info("created key %s for %s/%s (origin %s)", key_id, namespace, name, origin)
             return record
+
+    def _check_given_key_id(self, key_id: uuid.UUID, origin: Origin) -> None:
+        if origin is not Origin.EXTERNAL:
+            raise InvalidRequest(
+                "only EXTERNAL keys take a given key id: a KMS key's material is made by this "
+                "store, so another key of the same id could never decrypt its blobs",
+                field="keyId",
+            )
+        taken = self._index.get(key_id)
+        if taken is not None:
+            raise InvalidRequest(
+                f"key id {key_id} is taken by key {taken.namespace}/{taken.name} "
+                f"({taken.state}): a key id is never reused",
+                field="keyId",
+            )
 
     def apply_spec(
         self, key_id: uuid.UUID, desired: KeySettings, *, rotate: bool = False

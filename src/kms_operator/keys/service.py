@@ -1,10 +1,12 @@
 """The key service: one method per verb of DESIGN.md section 2, over one ``KeyStore``.
 
-It is the only writer of the store, so it keeps every key's record (never its material) and the
-unwrapped version keys in memory, in a :class:`~kms_operator.keys.index.KeyIndex`: encrypt and
-decrypt touch no disk and take no lock. Each verb, holding the index's writer lock (in a
-thread), computes the next record, writes it in one store transaction, then publishes it to the
-index; a crash between the two loses nothing because the index is rebuilt from the store.
+It is the only writer of the store in its process, so it keeps every key's record (never its
+material) and the unwrapped version keys in memory, in a
+:class:`~kms_operator.keys.index.KeyIndex`: encrypt and decrypt touch no disk and take no lock.
+Each verb, holding the index's writer lock (in a thread), computes the next record, writes it
+in one store transaction, then publishes it to the index; a crash between the two loses nothing
+because the index is rebuilt from the store. Where another process writes the same store (the
+KMS v2 plugin's ``keys`` commands beside ``kms-plugin serve``), ``refresh()`` catches up.
 
 :class:`KeyService` is the one entry for every front end. Its verbs are written in the modules
 of their concern, each a mixin over :class:`~kms_operator.keys.base.ServiceBase` (the store,

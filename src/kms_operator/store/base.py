@@ -26,6 +26,10 @@ class KeyStore(Protocol):
 
     def get(self, key_id: uuid.UUID) -> KeyRecord | None: ...
 
+    def data_version(self) -> int:
+        """A number that changes whenever another handle on the same store (another process)
+        committed a write since it was last read; this handle's own writes leave it as is."""
+
     def create(
         self, record: KeyRecord, materials: Mapping[int, bytes], *, elapsed_us: int | None = None
     ) -> None:

@@ -168,6 +168,14 @@ class SqliteKeyStore:
             return None if row is None else rows.read_record(self._conn, row)
 
     @_store_errors
+    def data_version(self) -> int:
+        """SQLite's ``PRAGMA data_version`` of this connection: it moves with every commit
+        made through another connection (another process's, a second store on the file)."""
+        with self._lock:
+            value: int = self._conn.execute("PRAGMA data_version").fetchone()[0]
+        return value
+
+    @_store_errors
     def load_material(self, key_id: uuid.UUID, version: int) -> bytes | None:
         with self._lock:
             row = self._conn.execute(
