@@ -1,9 +1,10 @@
 """kube-apiserver encrypting Secrets through the real ``kms-operator kms-plugin serve``.
 
 The plugin runs as a process with its own store and root key (a node directory under tmp) on
-a unix socket; kube-apiserver runs with an EncryptionConfiguration of a kms v2 provider on that
-socket, then identity. etcd is read behind kube-apiserver's back with etcdctl; the key id of a
-stored value is the ``keyID`` field of its ``EncryptedObject``.
+a unix socket; kube-apiserver runs with the shipped EncryptionConfiguration
+(``manifests/kms-plugin/encryption-configuration.yaml``: a kms v2 provider, then identity), its
+endpoint moved to that socket. etcd is read behind kube-apiserver's back with etcdctl; the key
+id of a stored value is the ``keyID`` field of its ``EncryptedObject``.
 
 kube-apiserver asks the plugin's ``Status`` every minute, and on a ``/healthz`` (or
 ``/readyz``) request once the last answer is older than 20 s (3 s after a failure): these are
@@ -23,9 +24,8 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
+import yaml
 from kubernetes import client
-
-from kms_operator.devcluster.controlplane import LocalControlPlane
 from tests.integration.encryption_fixtures import (
     IDENTITY_PROVIDER,
     admin_client,
@@ -40,9 +40,14 @@ from tests.integration.encryption_fixtures import (
 )
 from tests.support.kmsplugin_process import KmsPluginProcess
 
+from kms_operator.devcluster.controlplane import LocalControlPlane
+
 pytestmark = pytest.mark.integration
 
 PROVIDER = "kms-operator"
+SHIPPED_CONFIG = (
+    Path(__file__).resolve().parents[2] / "manifests/kms-plugin/encryption-configuration.yaml"
+)
 PREFIX = f"k8s:enc:kms:v2:{PROVIDER}:".encode()
 #: The one health check of every kms v2 provider when no kms v1 provider is configured.
 HEALTH_CHECK = "kms-providers"
@@ -137,10 +142,16 @@ def plugin(work: Path) -> Iterator[KmsPluginProcess]:
 
 @pytest.fixture(scope="module")
 def plane(work: Path, plugin: KmsPluginProcess) -> Iterator[LocalControlPlane]:
-    config = write_encryption_config(
-        work / "encryption-config.yaml",
-        [kms_v2_provider(PROVIDER, plugin.socket_path), IDENTITY_PROVIDER],
-    )
+    # The shipped example, only its endpoint moved to the test's socket.
+    document = yaml.safe_load(SHIPPED_CONFIG.read_text())
+    providers = document["resources"][0]["providers"]
+    assert providers == [
+        kms_v2_provider(PROVIDER, Path("/var/run/kms-operator/kms.sock")),
+        IDENTITY_PROVIDER,
+    ]
+    providers[0]["kms"]["endpoint"] = f"unix://{plugin.socket_path}"
+    config = work / "encryption-config.yaml"
+    config.write_text(yaml.safe_dump(document))
     with encrypted_control_plane(config) as started:
         yield started
 
@@ -267,38 +278,39 @@ def test_two_plugins_with_the_same_imported_material_decrypt_each_others_writes(
     material = work / "shared-material.bin"
     material.write_bytes(os.urandom(32))
     material.chmod(0o600)
-    socket_path = work / "shared.sock"
-    nodes = [KmsPluginProcess(work / f"shared-{name}", socket_path) for name in ("a", "b")]
-    for node in nodes:
+    node_a, node_b = (
+        KmsPluginProcess(work / f"shared-{name}", work / f"shared-{name}.sock")
+        for name in ("a", "b")
+    )
+    for node in (node_a, node_b):
         node.keys("create", "--origin", "EXTERNAL", "--key-id", shared_key_id)
         node.keys("import", "--material-file", str(material))
-    node_a, node_b = nodes
-    config = write_encryption_config(
-        work / "shared-encryption-config.yaml",
-        [kms_v2_provider(PROVIDER, socket_path), IDENTITY_PROVIDER],
-    )
-
-    # Over the socket: what one plugin encrypts, the other decrypts.
-    for writer, reader in ((node_a, node_b), (node_b, node_a)):
-        with writer:
-            encrypted = writer.encrypt(b"seed of a DEK")
-        with reader:
-            assert reader.decrypt(encrypted) == b"seed of a DEK"
-
-    # Through kube-apiserver: written on plugin A, read after a restart on plugin B.
+    config = work / "shared-encryption-config.yaml"
     plaintexts = {f"s{i}": _plaintext() for i in range(5)}
-    with node_a, encrypted_control_plane(config) as shared_plane:
-        with admin_client(shared_plane) as api:
-            core = client.CoreV1Api(api)
-            namespace = _new_namespace(core)
-            for name, value in plaintexts.items():
-                _put_secret(core, namespace, name, value)
-            key_id_a = node_a.status().key_id
-        node_a.stop()
-        assert key_id_a.startswith(f"{shared_key_id}:")
-        assert {_stored_key_id(shared_plane, namespace, n) for n in plaintexts} == {key_id_a}
-        with node_b:
-            assert node_b.status().key_id == key_id_a
+
+    with node_a, node_b:
+        # Over the sockets: what one plugin encrypts, the other decrypts.
+        assert node_a.status().key_id == node_b.status().key_id == f"{shared_key_id}:1"
+        for writer, reader in ((node_a, node_b), (node_b, node_a)):
+            assert reader.decrypt(writer.encrypt(b"seed of a DEK")) == b"seed of a DEK"
+
+        # Through kube-apiserver: written on plugin A, read after a restart on plugin B alone.
+        write_encryption_config(
+            config, [kms_v2_provider(PROVIDER, node_a.socket_path), IDENTITY_PROVIDER]
+        )
+        with encrypted_control_plane(config) as shared_plane:
+            with admin_client(shared_plane) as api:
+                core = client.CoreV1Api(api)
+                namespace = _new_namespace(core)
+                for name, value in plaintexts.items():
+                    _put_secret(core, namespace, name, value)
+            stored = {_stored_key_id(shared_plane, namespace, name) for name in plaintexts}
+            assert stored == {f"{shared_key_id}:1"}
+
+            node_a.stop()
+            write_encryption_config(
+                config, [kms_v2_provider(PROVIDER, node_b.socket_path), IDENTITY_PROVIDER]
+            )
             shared_plane.restart_apiserver()
             with admin_client(shared_plane) as api:
                 core = client.CoreV1Api(api)
