@@ -7,6 +7,8 @@ Three things answer kube-apiserver's ``Decrypt`` of a 32-byte DEK seed in the sa
 * ``bare gRPC``: a process serving the same generated ``v2.KeyManagementService`` whose
   Decrypt is nothing but ``AESGCM(key).decrypt`` of a blob of the same shape (no key lookup,
   no state checks, no key_id check), over a unix socket too: what gRPC and Python cost;
+* ``plugin, no gRPC``: the plugin's servicer called in this process (its key_id and header
+  checks and the domain's decrypt): what the plugin itself adds to the transport;
 * ``in-process AES-GCM``: the decrypt alone, no gRPC, no socket.
 
 Each socket is called by two clients: ``go`` is ``bench/kmsv2client`` (grpc-go and the
@@ -40,7 +42,12 @@ from pathlib import Path
 import grpc
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from kms_operator.keys.service import KeyService
 from kms_operator.kmsplugin import protocol
+from kms_operator.kmsplugin.nodekeys import DEFAULT_KEY_NAME, NodeKeys
+from kms_operator.kmsplugin.servicer import KmsPluginServicer
+from kms_operator.store.rootkey import load_root_key_file
+from kms_operator.store.sqlite import SqliteKeyStore
 
 GOAL_P99_MS = 1.0
 DEK_SEED = os.urandom(32)
@@ -245,6 +252,7 @@ def main() -> None:
     go = go_client()
     with tempfile.TemporaryDirectory(prefix="kms-bench-") as tmp:
         work = Path(tmp)
+        rows.append(("plugin, no gRPC", "-", 1, servicer_in_process(work, args.calls)))
         with plugin_process(work) as plugin_socket, bare_process(work) as bare_socket:
             for threads in sorted({1, args.concurrency}):
                 for name, socket_path in (
@@ -263,6 +271,20 @@ def in_process(calls: int) -> Latencies:
     aead, nonce = AESGCM(os.urandom(32)), os.urandom(_NONCE)
     sealed = aead.encrypt(nonce, DEK_SEED, _HEADER + nonce)
     return timed(lambda: aead.decrypt(nonce, sealed, _HEADER + nonce), calls)
+
+
+def servicer_in_process(work: Path, calls: int) -> Latencies:
+    """The plugin's own Decrypt (key_id and header checks, the domain's decrypt), no gRPC."""
+    store = SqliteKeyStore(work / "in-process.db", load_root_key_file(work / "in-process.key"))
+    try:
+        service = KeyService(store)
+        NodeKeys(service).create(DEFAULT_KEY_NAME)
+        servicer = KmsPluginServicer(service, DEFAULT_KEY_NAME)
+        sealed = servicer.Encrypt(protocol.EncryptRequest(plaintext=DEK_SEED), None)
+        request = protocol.DecryptRequest(ciphertext=sealed.ciphertext, key_id=sealed.key_id)
+        return timed(lambda: servicer.Decrypt(request, None), calls)
+    finally:
+        store.close()
 
 
 def print_table(rows: list[Row], calls: int, *, with_go: bool) -> None:

@@ -178,6 +178,9 @@ def test_refusals_are_one_line_and_non_zero(node: Node, tmp_path: Path) -> None:
         "create", "--key-id", str(uuid.uuid4())
     )
     node.ok("create")
+    assert node.refused("create", "--origin", "EXTERNAL") == (
+        "Error: key kube-apiserver exists already with origin KMS, not EXTERNAL"
+    )
     assert "no key 'missing' in this plugin store" in node.refused("rotate", "--key", "missing")
     assert "only EXTERNAL keys take imported material" in node.refused(
         "import", "--material-file", str(_material_file(tmp_path, MATERIAL))
@@ -189,6 +192,16 @@ def test_refusals_are_one_line_and_non_zero(node: Node, tmp_path: Path) -> None:
     assert "must be 32 raw bytes, got 31" in node.refused(
         "import", "--key", "byok", "--material-file", str(_material_file(tmp_path, MATERIAL[:31]))
     )
+
+
+def test_create_never_makes_a_new_root_key_for_an_existing_store(node: Node) -> None:
+    node.ok("create")
+    node.root_key_file.unlink()
+
+    assert node.refused("create", "--key", "second") == (
+        f"Error: root key file {node.root_key_file} does not exist"
+    )
+    assert not node.root_key_file.exists()
 
 
 def test_a_bad_key_name_is_a_usage_error(node: Node) -> None:

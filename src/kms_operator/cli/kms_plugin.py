@@ -7,10 +7,11 @@ plugin under a root key nobody kept.
 
 ``keys create|rotate|list|disable|enable|import`` manage the node's keys, one domain verb
 each, also while ``serve`` runs (it sees the change within about a second, and at once on
-kube-apiserver's next Status). Only ``create`` makes the root key file and the store when
-they are absent (the first command on a new node). Each command holds the store's lock file
-(``<store>.lock``) from opening the store to closing it, so two commands never interleave a
-read and a write; ``serve`` only reads and takes no lock. Refusals exit non-zero with one line.
+kube-apiserver's next Status). Only ``create`` makes the store when it is absent (the first
+command on a new node), and the root key file with it when that is absent too. Each command
+holds the store's lock file (``<store>.lock``) from opening the store to closing it, so two
+commands never interleave a read and a write; ``serve`` only reads and takes no lock. Refusals
+exit non-zero with one line.
 """
 
 from __future__ import annotations
@@ -321,8 +322,10 @@ def _require_store(store_path: Path) -> None:
 
 
 def _open_store(store_path: Path, root_key_file: Path, *, first_use: bool) -> SqliteKeyStore:
-    root_key = load_root_key_file(root_key_file, create=first_use)
-    if first_use and not store_path.exists():
+    new_store = first_use and not store_path.exists()
+    # A new root key only with a new store: an existing store's root key is never replaced.
+    root_key = load_root_key_file(root_key_file, create=new_store)
+    if new_store:
         # Owner-only from the first byte; SQLite gives its -wal and -shm files the same mode.
         with contextlib.suppress(FileExistsError):
             os.close(os.open(store_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))

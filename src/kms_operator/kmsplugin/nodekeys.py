@@ -133,14 +133,20 @@ class NodeKeys:
     def create(
         self, name: str, origin: Origin = Origin.KMS, key_id: uuid.UUID | None = None
     ) -> KeyRecord:
-        """Create the key (idempotent: the existing key of that name comes back).
+        """Create the key (idempotent: the existing key of that name and origin comes back).
 
         ``key_id`` (EXTERNAL keys only) makes this the same key as another node's, so that the
         same material imported in both makes blobs each of them decrypts.
         """
+        existing = self.find(check_key_name(name))
+        if existing is not None and existing.origin is not origin:
+            raise InvalidRequest(
+                f"key {name} exists already with origin {existing.origin}, not {origin}",
+                field="origin",
+            )
         record = self.service.create_key(
             PLUGIN_NAMESPACE,
-            check_key_name(name),
+            name,
             origin=origin,
             key_id=key_id,
             description="Kubernetes KMS v2 plugin key (kms-operator kms-plugin)",
