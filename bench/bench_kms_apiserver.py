@@ -55,7 +55,7 @@ from tests.integration.encryption_fixtures import (
     stored_encrypted_object,
     write_encryption_config,
 )
-from tests.support.kmsplugin_process import KmsPluginProcess
+from tests.support.kmsplugin import PluginProcess
 
 from kms_operator.devcluster.controlplane import LocalControlPlane
 from kms_operator.devcluster.processes import http_get
@@ -161,9 +161,12 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="kms-bench-apiserver-"))
     with ExitStack() as stack:
-        plugin = KmsPluginProcess(work / "node", work / "kms.sock")
-        plugin.keys("create")
-        stack.enter_context(plugin)
+        plugin = PluginProcess(work / "node")
+        created = plugin.keys("create")
+        if created.returncode != 0:
+            raise RuntimeError(f"kms-plugin keys create: {created.stderr}")
+        plugin.start()
+        stack.callback(plugin.stop)
         planes: dict[str, LocalControlPlane] = {}
         revisions: dict[str, str] = {}
         for name, providers in (

@@ -15,6 +15,7 @@ tests poll ``/healthz/kms-providers`` to get the new key id noticed within about
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import time
@@ -38,9 +39,10 @@ from tests.integration.encryption_fixtures import (
     stored_encrypted_object,
     write_encryption_config,
 )
-from tests.support.kmsplugin_process import KmsPluginProcess
+from tests.support.kmsplugin import PluginProcess
 
 from kms_operator.devcluster.controlplane import LocalControlPlane
+from kms_operator.kmsplugin import protocol
 
 pytestmark = pytest.mark.integration
 
@@ -67,13 +69,35 @@ def _wait(what: str, probe: Callable[[], T | None], timeout: float = 90.0) -> T:
     raise AssertionError(f"timed out after {timeout} s waiting for {what}; last: {last!r}")
 
 
-def _rotate(plugin: KmsPluginProcess) -> str:
+def _keys(node: PluginProcess, command: str, *args: str) -> None:
+    done = node.keys(command, *args)
+    assert done.returncode == 0, done.stderr
+
+
+def _key_id(node: PluginProcess) -> str:
+    """The key id the plugin's Status reports."""
+    with protocol.connect(node.socket_path) as client_of_node:
+        return client_of_node.status().key_id
+
+
+@contextlib.contextmanager
+def _serving(node: PluginProcess) -> Iterator[PluginProcess]:
+    node.start()
+    try:
+        with protocol.connect(node.socket_path) as client_of_node:
+            assert client_of_node.status().healthz == protocol.HEALTHZ_OK
+        yield node
+    finally:
+        node.stop()
+
+
+def _rotate(plugin: PluginProcess) -> str:
     """``keys rotate`` while the plugin serves; the new key id once its Status reports it."""
-    old_key_id = plugin.status().key_id
-    plugin.keys("rotate")
+    old_key_id = _key_id(plugin)
+    _keys(plugin, "rotate")
 
     def rotated() -> str | None:
-        key_id = plugin.status().key_id
+        key_id = _key_id(plugin)
         return key_id if key_id != old_key_id else None
 
     return _wait("Status to report the rotated key id", rotated, timeout=30)
@@ -133,15 +157,15 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def plugin(work: Path) -> Iterator[KmsPluginProcess]:
-    node = KmsPluginProcess(work / "node", work / "kms.sock")
-    node.keys("create")
-    with node:
+def plugin(work: Path) -> Iterator[PluginProcess]:
+    node = PluginProcess(work / "node")
+    _keys(node, "create")
+    with _serving(node):
         yield node
 
 
 @pytest.fixture(scope="module")
-def plane(work: Path, plugin: KmsPluginProcess) -> Iterator[LocalControlPlane]:
+def plane(work: Path, plugin: PluginProcess) -> Iterator[LocalControlPlane]:
     # The shipped example, only its endpoint moved to the test's socket.
     document = yaml.safe_load(SHIPPED_CONFIG.read_text())
     providers = document["resources"][0]["providers"]
@@ -163,13 +187,13 @@ def core(plane: LocalControlPlane) -> Iterator[client.CoreV1Api]:
 
 
 def test_secrets_are_kms_v2_ciphertext_in_etcd_and_plaintext_through_kubectl(
-    plane: LocalControlPlane, core: client.CoreV1Api, plugin: KmsPluginProcess
+    plane: LocalControlPlane, core: client.CoreV1Api, plugin: PluginProcess
 ) -> None:
     namespaces = [_new_namespace(core), _new_namespace(core)]
     plaintexts = {(ns, f"s{i}"): _plaintext() for ns in namespaces for i in range(3)}
     for (ns, name), value in plaintexts.items():
         _put_secret(core, ns, name, value)
-    key_id = plugin.status().key_id
+    key_id = _key_id(plugin)
 
     for (ns, name), value in plaintexts.items():
         raw = etcd_value(plane, secret_key(ns, name))
@@ -186,13 +210,13 @@ def test_secrets_are_kms_v2_ciphertext_in_etcd_and_plaintext_through_kubectl(
 
 
 def test_after_a_rotation_a_no_op_rewrite_leaves_the_new_key_id_in_etcd(
-    plane: LocalControlPlane, core: client.CoreV1Api, plugin: KmsPluginProcess
+    plane: LocalControlPlane, core: client.CoreV1Api, plugin: PluginProcess
 ) -> None:
     namespace = _new_namespace(core)
     plaintexts = {f"s{i}": _plaintext() for i in range(5)}
     for name, value in plaintexts.items():
         _put_secret(core, namespace, name, value)
-    old_key_id = plugin.status().key_id
+    old_key_id = _key_id(plugin)
     assert {_stored_key_id(plane, namespace, name) for name in plaintexts} == {old_key_id}
 
     new_key_id = _rotate(plugin)
@@ -213,7 +237,7 @@ def test_after_a_rotation_a_no_op_rewrite_leaves_the_new_key_id_in_etcd(
 
 
 def test_a_restarted_apiserver_reads_every_secret_under_old_and_new_key_ids(
-    plane: LocalControlPlane, plugin: KmsPluginProcess
+    plane: LocalControlPlane, plugin: PluginProcess
 ) -> None:
     plaintexts: dict[tuple[str, str], bytes] = {}
     with admin_client(plane) as api:
@@ -222,7 +246,7 @@ def test_a_restarted_apiserver_reads_every_secret_under_old_and_new_key_ids(
         for i in range(10):
             plaintexts[(namespace, f"before-{i}")] = value = _plaintext()
             _put_secret(core, namespace, f"before-{i}", value)
-        before_key_id = plugin.status().key_id
+        before_key_id = _key_id(plugin)
         after_key_id = _rotate(plugin)
         _wait_until_writes_use(plane, core, namespace, after_key_id)
         for i in range(10):
@@ -244,7 +268,7 @@ def test_a_restarted_apiserver_reads_every_secret_under_old_and_new_key_ids(
 
 
 def test_healthz_reports_the_kms_provider_failing_while_the_plugin_is_stopped(
-    plane: LocalControlPlane, plugin: KmsPluginProcess
+    plane: LocalControlPlane, plugin: PluginProcess
 ) -> None:
     assert apiserver_health(plane, HEALTH_CHECK) == (200, "ok")
 
@@ -278,21 +302,27 @@ def test_two_plugins_with_the_same_imported_material_decrypt_each_others_writes(
     material = work / "shared-material.bin"
     material.write_bytes(os.urandom(32))
     material.chmod(0o600)
-    node_a, node_b = (
-        KmsPluginProcess(work / f"shared-{name}", work / f"shared-{name}.sock")
-        for name in ("a", "b")
-    )
+    node_a, node_b = PluginProcess(work / "shared-a"), PluginProcess(work / "shared-b")
     for node in (node_a, node_b):
-        node.keys("create", "--origin", "EXTERNAL", "--key-id", shared_key_id)
-        node.keys("import", "--material-file", str(material))
+        _keys(node, "create", "--origin", "EXTERNAL", "--key-id", shared_key_id)
+        _keys(node, "import", "--material-file", str(material))
     config = work / "shared-encryption-config.yaml"
     plaintexts = {f"s{i}": _plaintext() for i in range(5)}
 
-    with node_a, node_b:
+    with _serving(node_a), _serving(node_b):
         # Over the sockets: what one plugin encrypts, the other decrypts.
-        assert node_a.status().key_id == node_b.status().key_id == f"{shared_key_id}:1"
+        assert _key_id(node_a) == _key_id(node_b) == f"{shared_key_id}:1"
         for writer, reader in ((node_a, node_b), (node_b, node_a)):
-            assert reader.decrypt(writer.encrypt(b"seed of a DEK")) == b"seed of a DEK"
+            with protocol.connect(writer.socket_path) as writer_client:
+                encrypted = writer_client.encrypt(b"seed of a DEK", uid=str(uuid.uuid4()))
+            with protocol.connect(reader.socket_path) as reader_client:
+                decrypted = reader_client.decrypt(
+                    encrypted.ciphertext,
+                    encrypted.key_id,
+                    uid=str(uuid.uuid4()),
+                    annotations=dict(encrypted.annotations),
+                )
+            assert decrypted.plaintext == b"seed of a DEK"
 
         # Through kube-apiserver: written on plugin A, read after a restart on plugin B alone.
         write_encryption_config(
