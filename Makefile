@@ -19,7 +19,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# Builds kube-apiserver, etcd, kubectl and helm once (skipped when KUBEBUILDER_ASSETS is set).
+# Builds kube-apiserver, etcd, kubectl, helm and etcdctl once (only a missing etcdctl when
+# KUBEBUILDER_ASSETS is set).
 controlplane:
 	$(ENSURE_ASSETS) >/dev/null
 

@@ -162,6 +162,24 @@ def test_a_directory_named_by_the_environment_is_authoritative(
         )
 
 
+def test_etcdctl_is_found_next_to_the_control_plane_else_in_the_repo_envtest_bin(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def executable(path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("")
+        path.chmod(0o755)
+        return path
+
+    given = tmp_path / "given"
+    given.mkdir()
+    repo_etcdctl = executable(tmp_path / "repo" / ".envtest" / "bin" / "etcdctl")
+    monkeypatch.chdir(tmp_path / "repo")
+    assert assets.find_etcdctl(given) == repo_etcdctl
+    given_etcdctl = executable(given / "etcdctl")
+    assert assets.find_etcdctl(given) == given_etcdctl
+
+
 def test_a_harness_part_is_there_only_while_started() -> None:
     class Thing(processes.Harness):
         name = "the thing"

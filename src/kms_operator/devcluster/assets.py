@@ -3,6 +3,9 @@ else one under ``<repo>/.envtest`` as built by the ``hack/*/ensure.sh`` scripts.
 
 - The control plane (kube-apiserver, etcd, usually kubectl and helm): ``KUBEBUILDER_ASSETS``,
   then ``KMS_ASSETS_DIR``, then ``<repo>/.envtest/bin`` (``hack/controlplane/ensure.sh``).
+- etcdctl (:func:`find_etcdctl`, for the tests that read etcd): next to the control plane's
+  binaries, else in ``<repo>/.envtest/bin``, where ``hack/controlplane/ensure.sh`` builds it
+  even when ``KUBEBUILDER_ASSETS`` names a directory without it.
 - The node: ``KMS_NODE_ASSETS``, then ``<repo>/.envtest/node/bin`` (``hack/node/ensure.sh``).
 
 A directory named by an environment variable is authoritative: if it lacks a binary, the search
@@ -23,6 +26,7 @@ __all__ = [
     "NODE_BINARIES",
     "NodeAssetsError",
     "find_binaries",
+    "find_etcdctl",
     "find_node_assets",
     "missing_binaries",
     "runc",
@@ -102,6 +106,14 @@ def find_binaries(
     where = ", ".join(looked) or f"no {under_repo} above the current directory"
     unset = " and ".join(variables)
     raise error(f"{what} not found ({unset} unset; looked in: {where}); {hint}")
+
+
+def find_etcdctl(control_plane_assets: Path) -> Path | None:
+    """etcdctl in ``control_plane_assets``, else in the first ``<repo>/.envtest/bin`` holding it."""
+    for directory in (control_plane_assets, *_above(".envtest/bin")):
+        if not missing_binaries(directory, ("etcdctl",)):
+            return directory / "etcdctl"
+    return None
 
 
 def find_node_assets() -> Path:

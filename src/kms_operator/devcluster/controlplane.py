@@ -24,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Self
@@ -32,6 +33,7 @@ from kms_operator.devcluster.assets import (
     CONTROL_PLANE_BINARIES,
     ENSURE_CONTROL_PLANE_SCRIPT,
     find_binaries,
+    find_etcdctl,
     missing_binaries,
 )
 from kms_operator.devcluster.credentials import ControlPlaneCredentials, write_admin_kubeconfig
@@ -78,8 +80,9 @@ class LocalControlPlane(Harness):
 
     Attributes once started: ``kubeconfig`` (Path of an admin kubeconfig, certificate data
     embedded), ``server`` (``https://127.0.0.1:<port>``), ``ca_file``, ``client_cert_file``,
-    ``client_key_file``, ``etcd_url``, ``work_dir`` (holding ``etcd.log`` and
-    ``kube-apiserver.log``), ``assets`` (the binaries' directory).
+    ``client_key_file``, ``etcd_url`` (plain HTTP on loopback, no client certificate),
+    ``work_dir`` (holding ``etcd.log`` and ``kube-apiserver.log``), ``assets`` (the binaries'
+    directory). :meth:`restart_apiserver` restarts kube-apiserver alone, etcd keeping its data.
 
     The admin user is ``kms-admin`` in group ``system:masters``. The API server runs with
     ``--authorization-mode=RBAC`` and a service-account issuer and keys, so TokenRequest,
@@ -173,6 +176,16 @@ class LocalControlPlane(Harness):
             )
         return path
 
+    @property
+    def etcdctl_path(self) -> Path:
+        path = find_etcdctl(self.assets)
+        if path is None:
+            raise ControlPlaneError(
+                f"etcdctl is neither in {self.assets} nor in <repo>/.envtest/bin; "
+                f"run `{ENSURE_CONTROL_PLANE_SCRIPT}`"
+            )
+        return path
+
     def env(self) -> dict[str, str]:
         """A copy of ``os.environ`` with ``KUBECONFIG`` and ``KUBEBUILDER_ASSETS`` set."""
         env = dict(os.environ)
@@ -242,7 +255,7 @@ class LocalControlPlane(Harness):
         for attempt in range(1, attempts + 1):
             try:
                 self._start_etcd(assets, work_dir, procs, deadline)
-                self._start_apiserver(assets, work_dir, procs, deadline)
+                self._start_apiserver(assets, work_dir, procs, deadline, free_port())
                 self._kubeconfig = write_admin_kubeconfig(
                     work_dir / "kubeconfig", self.server, self._part(self._credentials)
                 )
@@ -288,11 +301,29 @@ class LocalControlPlane(Harness):
             deadline,
         )
 
+    def restart_apiserver(self) -> None:
+        """Stop kube-apiserver and start it again on the same port (``extra_apiserver_args`` as
+        they are now, files they name read again), etcd and its data untouched: the new
+        server's caches start cold, so it reads (and decrypts) from etcd what it serves.
+        Returns once ``/readyz`` is ok."""
+        with self._lock:
+            procs = self._part(self._procs)
+            port = urllib.parse.urlsplit(self.server).port
+            if port is None:
+                raise ControlPlaneError(f"no port in {self.server}")
+            procs.stop("kube-apiserver", timeout=self.stop_timeout)
+            deadline = time.monotonic() + self.start_timeout
+            try:
+                self._start_apiserver(self.assets, self.work_dir, procs, deadline, port)
+            except _PortClash:
+                raise ControlPlaneError(
+                    f"port {port} was taken while kube-apiserver restarted"
+                ) from None
+
     def _start_apiserver(
-        self, assets: Path, work_dir: Path, procs: ProcessGroup, deadline: float
+        self, assets: Path, work_dir: Path, procs: ProcessGroup, deadline: float, port: int
     ) -> None:
         credentials = self._part(self._credentials)
-        port = free_port()
         self._server = f"https://127.0.0.1:{port}"
         cert_dir = work_dir / "apiserver-certs"
         cert_dir.mkdir(exist_ok=True)
