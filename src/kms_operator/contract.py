@@ -65,6 +65,18 @@ NAME_TAG = PREFIX + "name"
 #: The namespace the CustomerMasterKey is created in (else the caller's).
 NAMESPACE_TAG = PREFIX + "namespace"
 
+# -- RBAC verbs (DESIGN.md 6: what a caller must hold on the object) ------------------------
+#: The crypto verbs on customermasterkeys, which only this KMS gives a meaning.
+VERB_ENCRYPT = "encrypt"
+VERB_DECRYPT = "decrypt"
+VERB_GENERATE_DATA_KEY = "generatedatakey"
+#: Kubernetes' own verbs, needed where a call reads or writes objects as ``kubectl`` would.
+VERB_GET = "get"
+VERB_LIST = "list"
+VERB_CREATE = "create"
+VERB_PATCH = "patch"
+VERB_DELETE = "delete"
+
 # -- the API -------------------------------------------------------------------------------
 #: The audience ServiceAccount tokens for the KMS API are made for, unless configured.
 TOKEN_AUDIENCE = GROUP

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from kms_operator.contract import VERB_DECRYPT, VERB_ENCRYPT, VERB_GENERATE_DATA_KEY
 from kms_operator.crypto import blob as blobs
 from kms_operator.serving.calls import Call, uuid_text
 
@@ -26,10 +27,6 @@ from .models import (
     ReEncryptRequest,
     ReEncryptResponse,
 )
-
-VERB_ENCRYPT = "encrypt"
-VERB_DECRYPT = "decrypt"
-VERB_GENERATE_DATA_KEY = "generatedatakey"
 
 KEY_PREFIX = "/v1/namespaces/{ns}/keys/{key}"
 #: An alias without its ``alias/`` prefix, in the path (it may hold ``/``).

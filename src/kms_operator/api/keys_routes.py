@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from kms_operator.contract import VERB_GET
 from kms_operator.serving.calls import Call
 from kms_operator.store.records import KeyRecord
 from kms_operator.timestamps import rfc3339_or_none
@@ -16,8 +17,6 @@ from kms_operator.timestamps import rfc3339_or_none
 from .calls import key_reference, run
 from .crypto_routes import ALIAS_PREFIX, KEY_PREFIX
 from .models import KeyMetadata, KeyVersionMetadata, Rotation
-
-VERB_GET = "get"
 
 
 def describe(record: KeyRecord) -> KeyMetadata:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from kms_operator.contract import VERB_PATCH
 from kms_operator.errors import (
     AliasConflict,
     DefaultKeyProtected,
@@ -25,7 +26,6 @@ from kms_operator.store.records import KeyRecord
 
 from .calls import AwsCall, Members
 from .cmk_objects import (
-    VERB_PATCH,
     patch_object,
     refuse_pending_deletion,
     spec_of,

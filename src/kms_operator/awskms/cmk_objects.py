@@ -22,10 +22,6 @@ from .calls import AwsCall
 from .resources import Body, KeyObjects
 from .wire import UnsupportedOperation
 
-VERB_CREATE = "create"
-VERB_PATCH = "patch"
-VERB_DELETE = "delete"
-
 
 def only_supported(aws: AwsCall, member: str, supported: tuple[str, ...]) -> str | None:
     """The member's value when it is one of ``supported``; AWS's other values are not served."""

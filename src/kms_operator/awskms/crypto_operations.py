@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 
+from kms_operator.contract import VERB_DECRYPT, VERB_ENCRYPT, VERB_GENERATE_DATA_KEY
 from kms_operator.crypto import blob as blobs
 from kms_operator.errors import InvalidRequest, NotFound
 from kms_operator.keys.rules import MAX_PLAINTEXT
@@ -17,10 +18,6 @@ from kms_operator.store.records import KeyRecord
 
 from .calls import AwsCall, Members, Operation
 from .wire import IncorrectKey, InvalidKeyUsage, UnsupportedOperation
-
-VERB_ENCRYPT = "encrypt"
-VERB_DECRYPT = "decrypt"
-VERB_GENERATE_DATA_KEY = "generatedatakey"
 
 SYMMETRIC_DEFAULT = "SYMMETRIC_DEFAULT"
 DATA_KEY_SPECS = ("AES_256", "AES_128")

@@ -23,7 +23,15 @@ import base64
 import secrets
 from typing import Any
 
-from kms_operator.contract import API_VERSION, KMI_KIND, KMI_PLURAL
+from kms_operator.contract import (
+    API_VERSION,
+    KMI_KIND,
+    KMI_PLURAL,
+    VERB_CREATE,
+    VERB_DELETE,
+    VERB_GET,
+    VERB_PATCH,
+)
 from kms_operator.crypto.wrapping import WrappingAlgorithm, WrappingKeySpec
 from kms_operator.errors import (
     DefaultKeyProtected,
@@ -44,11 +52,6 @@ from kms_operator.timestamps import parse_rfc3339, rfc3339
 from .calls import AwsCall, Members
 from .resources import Body, KeyObjects, LifecycleOperation
 from .wire import UnsupportedOperation, epoch
-
-VERB_CREATE = "create"
-VERB_GET = "get"
-VERB_PATCH = "patch"
-VERB_DELETE = "delete"
 
 EXPIRES = "KEY_MATERIAL_EXPIRES"
 DOES_NOT_EXPIRE = "KEY_MATERIAL_DOES_NOT_EXPIRE"

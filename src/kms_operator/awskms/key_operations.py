@@ -14,14 +14,12 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import TypeVar
 
+from kms_operator.contract import VERB_GET, VERB_LIST
 from kms_operator.keys.rules import KEY_ID_PATTERN
 from kms_operator.store.records import KeyRecord, KeyState, Origin, VersionState
 
 from .calls import AwsCall, Members, Operation
 from .wire import InvalidMarker, epoch
-
-VERB_GET = "get"
-VERB_LIST = "list"
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000

@@ -39,6 +39,9 @@ from kms_operator.contract import (
     NAME_TAG,
     NAMESPACE_TAG,
     ROTATE_ANNOTATION,
+    VERB_CREATE,
+    VERB_DELETE,
+    VERB_PATCH,
 )
 from kms_operator.errors import (
     AlreadyExists,
@@ -54,9 +57,6 @@ from kms_operator.store.records import KeyRecord, KeySpec, KeyState, KeyUsage, O
 
 from .calls import AwsCall, Members
 from .cmk_objects import (
-    VERB_CREATE,
-    VERB_DELETE,
-    VERB_PATCH,
     holds,
     key_becomes,
     object_of,
